@@ -1,0 +1,30 @@
+"""simplebev: Simple-BEV perception as a ROS 2 node and a PyTorch training package."""
+from setuptools import find_packages, setup
+
+setup(
+    name="simplebev",
+    version="0.1.0",
+    description="Simple-BEV (Harley et al., ICRA 2023) re-implemented: core model, training, ROS 2 node",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["simplebev_core", "simplebev_core.*", "training", "training.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.23",
+        "PyYAML>=6",
+    ],
+    extras_require={
+        # Everything under training/: nuScenes devkit, image I/O, logging.
+        "training": [
+            "nuscenes-devkit>=1.1.10",
+            "opencv-python-headless>=4.5",
+            "matplotlib>=3.5",
+            "pyquaternion>=0.9",
+            "pillow>=9",
+            "tensorboard>=2.10",
+            "tqdm>=4.60",
+        ],
+    },
+    data_files=[("share/simplebev/config", ["config/simplebev.yaml"])],
+)

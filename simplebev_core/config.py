@@ -1,0 +1,289 @@
+"""Typed, validated configuration read from `config/simplebev.yaml` (ROS 2 params-file form).
+
+One file feeds three readers: the ROS node (flattened to dotted parameter names), training
+(`--set key=value` overrides) and tests. Every value has a type a ROS parameter can hold:
+bool, int, float, str, or a homogeneous list of those. Unknown keys and wrong types raise
+`ConfigError` naming the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+NODE_NAME = "simplebev_node"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "simplebev.yaml"
+
+ENCODERS = ("res101", "res50", "effb0", "camencode", "camencode_replk")
+RADAR_MODES = ("none", "occupancy", "meta")
+PIXEL_CONVENTIONS = ("upstream", "exact")
+LIFTS = ("fused", "reference")
+NUSCENES_CAMERAS = (
+    "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The voxel grid in the reference frame (X right, Y down, Z forward; metres)."""
+
+    x_range_m: tuple[float, ...] = (-50.0, 50.0)
+    y_range_m: tuple[float, ...] = (-5.0, 5.0)
+    z_range_m: tuple[float, ...] = (-50.0, 50.0)
+    centroid_m: tuple[float, ...] = (0.0, 1.0, 0.0)
+    voxels_zyx: tuple[int, ...] = (200, 8, 200)
+
+    def validate(self, prefix: str) -> None:
+        for name in ("x_range_m", "y_range_m", "z_range_m"):
+            lo_hi = getattr(self, name)
+            _check(len(lo_hi) == 2 and lo_hi[0] < lo_hi[1], f"{prefix}.{name}", f"expected [min, max] with min < max, got {list(lo_hi)}")
+        _check(len(self.centroid_m) == 3, f"{prefix}.centroid_m", "expected 3 values [x, y, z]")
+        _check(len(self.voxels_zyx) == 3 and min(self.voxels_zyx) > 0, f"{prefix}.voxels_zyx",
+               f"expected 3 positive counts [Z, Y, X], got {list(self.voxels_zyx)}")
+
+    @property
+    def Z(self) -> int:
+        return self.voxels_zyx[0]
+
+    @property
+    def Y(self) -> int:
+        return self.voxels_zyx[1]
+
+    @property
+    def X(self) -> int:
+        return self.voxels_zyx[2]
+
+    def bounds_m(self) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        """((xmin, xmax), (ymin, ymax), (zmin, zmax)) after the centroid shift."""
+        cx, cy, cz = self.centroid_m
+        return (
+            (self.x_range_m[0] + cx, self.x_range_m[1] + cx),
+            (self.y_range_m[0] + cy, self.y_range_m[1] + cy),
+            (self.z_range_m[0] + cz, self.z_range_m[1] + cz),
+        )
+
+    def voxel_size_m(self) -> tuple[float, float, float]:
+        """(x, y, z) edge lengths of one voxel."""
+        (x0, x1), (y0, y1), (z0, z1) = self.bounds_m()
+        return ((x1 - x0) / self.X, (y1 - y0) / self.Y, (z1 - z0) / self.Z)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the model is fed: camera order, reference camera, network input size."""
+
+    cameras: tuple[str, ...] = NUSCENES_CAMERAS
+    ref_camera: str = "CAM_FRONT"
+    image_height: int = 448
+    image_width: int = 800
+
+    def validate(self, prefix: str) -> None:
+        _check(len(self.cameras) > 0, f"{prefix}.cameras", "at least one camera is needed")
+        _check(len(set(self.cameras)) == len(self.cameras), f"{prefix}.cameras", "camera names must be unique")
+        _check(self.ref_camera in self.cameras, f"{prefix}.ref_camera",
+               f"'{self.ref_camera}' is not one of input.cameras {list(self.cameras)}")
+        for name in ("image_height", "image_width"):
+            _check(getattr(self, name) >= 32, f"{prefix}.{name}", "must be at least 32 pixels")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "res101"
+    encoder_pretrained: bool = True
+    latent_dim: int = 128
+    radar: str = "none"
+    pixel_convention: str = "upstream"
+    lift: str = "fused"
+    rand_flip: bool = True
+    replk_blocks: int = 2
+    replk_kernel: int = 31
+    replk_small_kernel: int = 5
+
+    def validate(self, prefix: str) -> None:
+        for name, allowed in (("encoder", ENCODERS), ("radar", RADAR_MODES),
+                              ("pixel_convention", PIXEL_CONVENTIONS), ("lift", LIFTS)):
+            value = getattr(self, name)
+            _check(value in allowed, f"{prefix}.{name}", f"'{value}' is not one of {list(allowed)}")
+        _check(self.latent_dim > 0, f"{prefix}.latent_dim", "must be positive")
+        _check(self.replk_blocks >= 0, f"{prefix}.replk_blocks", "must be >= 0")
+        for name in ("replk_kernel", "replk_small_kernel"):
+            k = getattr(self, name)
+            _check(k > 0 and k % 2 == 1, f"{prefix}.{name}", f"must be a positive odd kernel size, got {k}")
+        _check(self.replk_small_kernel <= self.replk_kernel, f"{prefix}.replk_small_kernel",
+               "must not exceed replk_kernel")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    seg_threshold: float = 0.5
+    center_threshold: float = 0.3
+    nms_kernel: int = 5
+    min_pixels: int = 3
+    max_instances: int = 100
+    offset_scale: float = 0.5
+
+    def validate(self, prefix: str) -> None:
+        for name in ("seg_threshold", "center_threshold"):
+            _check(0.0 < getattr(self, name) < 1.0, f"{prefix}.{name}", "must be in (0, 1)")
+        _check(self.nms_kernel > 0 and self.nms_kernel % 2 == 1, f"{prefix}.nms_kernel", "must be a positive odd number")
+        _check(self.min_pixels >= 1, f"{prefix}.min_pixels", "must be >= 1")
+        _check(self.max_instances >= 1, f"{prefix}.max_instances", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SimpleBevConfig:
+    grid: GridConfig = field(default_factory=GridConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check one leaf value against its declared type; return it in canonical form."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        _check(isinstance(value, (list, tuple)), key, f"expected a list of {item_type.__name__}, got {value!r}")
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        _check(isinstance(value, bool), key, f"expected bool, got {value!r}")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected int, got {value!r}")
+        return value
+    if annotation is float:
+        # An int is accepted for a float (lossless); the YAML file itself writes floats with a
+        # decimal point so that ROS declares a double parameter.
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected float, got {value!r}")
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), key, f"expected str, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r} for '{key}'")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        raise ConfigError(f"unknown config key {where} (known: {sorted(names)})")
+    kwargs = {}
+    for name in names & set(data):
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, data[name], key)
+        else:
+            kwargs[name] = _coerce(data[name], hint, key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> SimpleBevConfig:
+    """Nested dict (as in the YAML's ros__parameters, or a checkpoint) -> validated config."""
+    cfg = _build(SimpleBevConfig, data, "")
+    cfg.validate()
+    return cfg
+
+
+def config_to_dict(cfg: SimpleBevConfig) -> dict[str, Any]:
+    """Config -> nested dict of plain Python values (lists for tuples), e.g. for checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def flatten_config(cfg: SimpleBevConfig) -> dict[str, Any]:
+    """Config -> {"grid.x_range_m": [...], ...}: the ROS parameter names and values."""
+    out: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, Mapping):
+                walk(v, key)
+            else:
+                out[key] = v
+
+    walk(config_to_dict(cfg), "")
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'model.encoder=res50' -> ('model.encoder', 'res50'); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of the nested dict with dotted-key overrides applied (keys must exist)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{'.'.join(parts[:i + 1])}' in override '{dotted}'")
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"unknown config key '{dotted}' in override")
+        node[parts[-1]] = value
+    return out
+
+
+def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The nested `ros__parameters` dict of `node_name` in a ROS 2 params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    with path.open() as f:
+        doc = yaml.safe_load(f) or {}
+    try:
+        params = doc[node_name]["ros__parameters"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"config file '{path}' has no '{node_name}: ros__parameters:' section") from None
+    return params
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> SimpleBevConfig:
+    """Read a params file (default: the repository's config/simplebev.yaml), apply dotted
+    overrides such as {"model.encoder": "res50"}, and validate.
+
+    Keys missing from the file take the dataclass defaults, which mirror the shipped YAML.
+    """
+    data = read_params_file(path if path is not None else DEFAULT_CONFIG_PATH)
+    full = apply_overrides(config_to_dict(config_from_dict(data)), overrides or {})
+    return config_from_dict(full)
