@@ -118,7 +118,7 @@ def test_reparameterized_state_dict_has_single_conv():
     assert sorted(lk.state_dict()) == ["fused.bias", "fused.weight"]
 
 
-def test_fused_block_trains_in_grad_mode_too():
+def test_channels_last_inference_path_matches_grad_path():
     # The channels-last fast path is inference-only; with grad enabled the result must agree.
     block = RepLKBlock(C, 7, 3).eval()
     x = torch.randn(1, C, 9, 11)
