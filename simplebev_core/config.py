@@ -143,12 +143,83 @@ class PostprocessConfig:
         _check(self.max_instances >= 1, f"{prefix}.max_instances", "must be >= 1")
 
 
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training/evaluation samples are built from a dataset (training/ only; the node ignores it)."""
+
+    # Radar sweeps per radar (5 radars), motion-compensated into the keyframe ego pose.
+    radar_sweeps: int = 3
+    # Train-time random resize-crop: resize by s ~ U(lo, hi) relative to the input size, then crop.
+    rand_resize_crop: bool = True
+    resize_range: tuple[float, ...] = (0.8, 1.2)
+    # Train-time random reference camera, drawn from input.cameras except the first (upstream).
+    rand_ref_camera: bool = True
+    # Train-time probability of blanking each non-reference camera's image (0 = off, upstream).
+    camera_dropout: float = 0.0
+    # Centre heatmap Gaussian sigma in BEV cells (upstream: 3).
+    center_sigma_cells: float = 3.0
+    # Worker processes per training process for data loading.
+    num_workers: int = 4
+
+    def validate(self, prefix: str) -> None:
+        _check(self.radar_sweeps >= 1, f"{prefix}.radar_sweeps", "must be >= 1")
+        lo_hi = self.resize_range
+        _check(len(lo_hi) == 2 and 0.0 < lo_hi[0] <= lo_hi[1], f"{prefix}.resize_range",
+               f"expected [lo, hi] with 0 < lo <= hi, got {list(lo_hi)}")
+        _check(0.0 <= self.camera_dropout < 1.0, f"{prefix}.camera_dropout", "must be in [0, 1)")
+        _check(self.center_sigma_cells > 0.0, f"{prefix}.center_sigma_cells", "must be positive")
+        _check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation recipe (training/ only). Defaults: upstream's released-checkpoint recipe."""
+
+    max_steps: int = 25000
+    # Global micro-batch (split evenly over processes) and accumulation: effective batch 40.
+    batch_size: int = 8
+    grad_acc: int = 5
+    lr: float = 5.0e-4
+    weight_decay: float = 1.0e-7
+    adam_eps: float = 1.0e-8
+    # OneCycleLR over max_steps + scheduler_extra_steps (upstream: +100), linear anneal.
+    use_scheduler: bool = True
+    pct_start: float = 0.05
+    scheduler_extra_steps: int = 100
+    grad_clip_norm: float = 5.0
+    # Losses: 10 * BCE(pos_weight) + centre + offset with learned uncertainty weights.
+    ce_scale: float = 10.0
+    pos_weight: float = 2.13
+    # Mixed precision on CUDA: none | bf16 | fp16 (fp16 uses a gradient scaler). Ignored on CPU.
+    amp: str = "none"
+    seed: int = 125
+    log_every: int = 10
+    image_every: int = 100
+    save_every: int = 1000
+    keep_latest: int = 3
+
+    def validate(self, prefix: str) -> None:
+        for name in ("max_steps", "batch_size", "grad_acc", "log_every", "image_every", "save_every", "keep_latest"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+        _check(self.scheduler_extra_steps >= 0, f"{prefix}.scheduler_extra_steps", "must be >= 0")
+        for name in ("lr", "adam_eps", "grad_clip_norm", "ce_scale", "pos_weight"):
+            _check(getattr(self, name) > 0.0, f"{prefix}.{name}", "must be positive")
+        _check(self.weight_decay >= 0.0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(0.0 < self.pct_start < 1.0, f"{prefix}.pct_start", "must be in (0, 1)")
+        _check(self.amp in AMP_MODES, f"{prefix}.amp", f"'{self.amp}' is not one of {list(AMP_MODES)}")
+
+
 @dataclass(frozen=True)
 class SimpleBevConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
