@@ -26,6 +26,7 @@ is exactly 0.0, which trained features (a 1x1 conv with bias) do not produce.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -176,8 +177,12 @@ class LiftTable:
         count = support.sum(0).to(torch.float32)  # (V,)
         rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         vals = vals / (EPS_MEAN + count[rows])
-        weights = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (V, S * Hf * Wf)).coalesce()
-        return weights.to_sparse_csr(), count
+        # Indices are built in range above, so invariant checks are opted out of explicitly.
+        weights = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (V, S * Hf * Wf),
+                                          check_invariants=False).coalesce()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return weights.to_sparse_csr(), count
 
     def matches(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int],
                 feat_hw: tuple[int, int]) -> bool:

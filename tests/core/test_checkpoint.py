@@ -1,0 +1,105 @@
+"""Checkpoints: own format round trip, upstream format, strictness, corruption, atomicity."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from simplebev_core import build_model, load_config
+from simplebev_core.checkpoint import (
+    CheckpointError, checkpoint_config, load_checkpoint, resolve_checkpoint, save_checkpoint,
+)
+
+from .test_model import TINY, tiny_inputs
+
+
+def _model(seed: int, **extra):
+    torch.manual_seed(seed)
+    cfg = load_config(overrides={**TINY, "model.encoder": "effb0", **extra})
+    return cfg, build_model(cfg)
+
+
+def test_own_format_round_trip(tmp_path):
+    cfg, model = _model(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10)
+    images, pix, ref, _ = tiny_inputs()
+    model.train()
+    model(images, pix, ref, generator=torch.Generator().manual_seed(0)).segmentation.mean().backward()
+    opt.step()
+    sched.step()
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, cfg, step=7, optimizer=opt, scheduler=sched,
+                           extra={"rng": torch.get_rng_state()})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+
+    cfg2, model2 = _model(1)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    sched2 = torch.optim.lr_scheduler.OneCycleLR(opt2, max_lr=1e-3, total_steps=10)
+    loaded = load_checkpoint(path, model2, opt2, sched2)
+    assert loaded.format == "simplebev" and loaded.step == 7 and loaded.config == cfg
+    assert checkpoint_config(path) == cfg
+    for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert sched2.state_dict()["last_epoch"] == 1
+    state, state2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert state and state.keys() == state2.keys()
+    assert all(torch.equal(state[k]["exp_avg"], state2[k]["exp_avg"]) for k in state)
+    assert torch.equal(loaded.extra["rng"], torch.get_rng_state())
+    model.eval(), model2.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images, pix, ref).segmentation, model2(images, pix, ref).segmentation)
+
+
+def test_upstream_format_file_and_directory_newest_step(tmp_path):
+    cfg, model = _model(0)
+    run = tmp_path / "8x5_5e-4_rgb12_22:43:46"
+    run.mkdir()
+    for step, seed in ((1000, 1), (25000, 2), (3000, 3)):
+        _, m = _model(seed)
+        torch.save({"model_state_dict": m.state_dict(), "optimizer_state_dict": None}, run / f"model-{step:09d}.pth")
+    assert resolve_checkpoint(run).name == "model-000025000.pth"
+    loaded = load_checkpoint(run, model)
+    assert loaded.format == "upstream" and loaded.step == 25000 and loaded.config is None
+    _, expected = _model(2)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+
+
+def test_strict_loading_rejects_another_architecture(tmp_path):
+    cfg, model = _model(0)
+    path = save_checkpoint(tmp_path / "a.pt", model, cfg, step=1)
+    _, other = _model(0, **{"model.radar": "meta"})
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(path, other)
+
+
+def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
+    cfg, model = _model(0)
+    path = save_checkpoint(tmp_path / "good.pt", model, cfg, step=1)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated.pt.*could not be read"):
+        load_checkpoint(truncated, model)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt", model)
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="holds no"):
+        load_checkpoint(empty, model)
+    odd = tmp_path / "odd.pt"
+    torch.save({"weights": 1}, odd)
+    with pytest.raises(CheckpointError, match="neither"):
+        load_checkpoint(odd, model)
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg, model = _model(0)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, cfg, step=1)
+    before = path.read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, cfg, step=2)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

@@ -1,0 +1,95 @@
+"""Config: one YAML, typed, validated, ROS-parameter compatible."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from simplebev_core.config import (
+    DEFAULT_CONFIG_PATH, NODE_NAME, ConfigError, SimpleBevConfig, config_from_dict, config_to_dict, flatten_config,
+    load_config, parse_override,
+)
+
+
+def test_defaults_are_upstream_headline_setting():
+    cfg = load_config()
+    assert cfg == SimpleBevConfig()  # the YAML and the dataclass defaults agree
+    assert cfg.model.encoder == "res101" and cfg.model.radar == "none"
+    assert (cfg.input.image_height, cfg.input.image_width) == (448, 800)
+    assert cfg.grid.voxels_zyx == (200, 8, 200)
+    assert cfg.grid.bounds_m() == ((-50.0, 50.0), (-4.0, 6.0), (-50.0, 50.0))
+    assert cfg.grid.voxel_size_m() == (0.5, 1.25, 0.5)
+    assert cfg.input.cameras[1] == cfg.input.ref_camera == "CAM_FRONT"
+
+
+def test_dotted_overrides_apply():
+    cfg = load_config(overrides={"model.encoder": "res50", "grid.voxels_zyx": [16, 2, 16], "grid.x_range_m": [-8, 8]})
+    assert cfg.model.encoder == "res50"
+    assert cfg.grid.voxels_zyx == (16, 2, 16)
+    assert cfg.grid.x_range_m == (-8.0, 8.0) and isinstance(cfg.grid.x_range_m[0], float)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"model.encodr": "res50"}, "'model.encodr'"),
+    ({"nosection.key": 1}, "'nosection'"),
+    ({"model.encoder": "vit"}, "'model.encoder'"),
+    ({"model.latent_dim": "128"}, "'model.latent_dim'"),
+    ({"model.latent_dim": 1.5}, "'model.latent_dim'"),
+    ({"model.rand_flip": 1}, "'model.rand_flip'"),
+    ({"grid.voxels_zyx": [8, 2]}, "'grid.voxels_zyx'"),
+    ({"grid.x_range_m": [5.0, -5.0]}, "'grid.x_range_m'"),
+    ({"input.ref_camera": "CAM_TOP"}, "'input.ref_camera'"),
+    ({"model.replk_kernel": 4}, "'model.replk_kernel'"),
+])
+def test_bad_values_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path):
+    doc = {NODE_NAME: {"ros__parameters": {"model": {"encoder": "res50", "dropout": 0.1}}}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="'model.dropout'"):
+        load_config(path)
+
+
+def test_missing_node_section_is_an_error(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump({"other_node": {"ros__parameters": {}}}))
+    with pytest.raises(ConfigError, match=NODE_NAME):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_yaml_writes_floats_as_floats():
+    """ROS declares a parameter's type from the YAML literal: 50 would become an integer."""
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())[NODE_NAME]["ros__parameters"]
+    cfg = config_from_dict(raw)
+    for key, value in flatten_config(cfg).items():
+        section, name = key.split(".")
+        literal = raw[section][name]
+        if isinstance(value, float):
+            assert isinstance(literal, float), f"{key} must be written with a decimal point"
+        if isinstance(value, list) and value and isinstance(value[0], float):
+            assert all(isinstance(v, float) for v in literal), f"{key} must be written with decimal points"
+
+
+def test_values_are_ros_parameter_types_and_round_trip():
+    cfg = load_config()
+    flat = flatten_config(cfg)
+    for key, value in flat.items():
+        if isinstance(value, list):
+            assert value and len({type(v) for v in value}) == 1, f"{key}: lists must be homogeneous and non-empty"
+            value = value[0]
+        assert type(value) in (bool, int, float, str), key
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_parse_override():
+    assert parse_override("model.encoder=res50") == ("model.encoder", "res50")
+    assert parse_override("grid.voxels_zyx=[8, 2, 8]") == ("grid.voxels_zyx", [8, 2, 8])
+    assert parse_override("model.rand_flip=false") == ("model.rand_flip", False)
+    with pytest.raises(ConfigError):
+        parse_override("model.encoder")
