@@ -27,8 +27,9 @@ def test_own_format_round_trip(tmp_path):
     model(images, pix, ref, generator=torch.Generator().manual_seed(0)).segmentation.mean().backward()
     opt.step()
     sched.step()
+    rng_at_save = torch.get_rng_state()
     path = save_checkpoint(tmp_path / "ckpt.pt", model, cfg, step=7, optimizer=opt, scheduler=sched,
-                           extra={"rng": torch.get_rng_state()})
+                           extra={"rng": rng_at_save})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
 
     cfg2, model2 = _model(1)
@@ -43,7 +44,7 @@ def test_own_format_round_trip(tmp_path):
     state, state2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert state and state.keys() == state2.keys()
     assert all(torch.equal(state[k]["exp_avg"], state2[k]["exp_avg"]) for k in state)
-    assert torch.equal(loaded.extra["rng"], torch.get_rng_state())
+    assert torch.equal(loaded.extra["rng"], rng_at_save)
     model.eval(), model2.eval()
     with torch.no_grad():
         assert torch.equal(model(images, pix, ref).segmentation, model2(images, pix, ref).segmentation)
