@@ -134,9 +134,11 @@ def lift_fused(feats: Tensor, featpix_T_refs: Tensor, cam_T_refs: Tensor, grid: 
 class LiftTable:
     """The lift for one fixed rig calibration as a sparse matrix.
 
-    weights: (V, S*Hf*Wf) CSR, row v holds the bilinear weights of voxel v's samples in every
-    camera that counts for it, already divided by (1e-6 + that count), so applying the table
-    is one sparse-dense product. Built once per calibration; valid for any batch of that rig.
+    The matrix (V x S*Hf*Wf) holds, in row v, the bilinear weights of voxel v's samples in
+    every camera that counts for it, already divided by (1e-6 + that count), so applying the
+    table is one sparse-dense product. Built once per calibration; valid for any batch of
+    that rig. Stored as CSR for sparse @ dense (CPU kernels and cuSPARSE); on CPU this measured
+    faster than dense @ sparse into the volume layout, at the same peak memory.
     """
 
     def __init__(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int], feat_hw: tuple[int, int],
@@ -179,10 +181,16 @@ class LiftTable:
         vals = vals / (EPS_MEAN + count[rows])
         # Indices are built in range above, so invariant checks are opted out of explicitly.
         weights = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (V, S * Hf * Wf),
-                                          check_invariants=False).coalesce()
+                                          check_invariants=False)
+        return self._layout(weights, device), count
+
+    @staticmethod
+    def _layout(weights: Tensor, device: torch.device | str) -> Tensor:
+        """COO (V, N) weights -> CSR on `device`."""
+        weights = weights.to(device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return weights.to_sparse_csr(), count
+            return weights.coalesce().to_sparse_csr()
 
     def matches(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int],
                 feat_hw: tuple[int, int]) -> bool:
@@ -195,7 +203,7 @@ class LiftTable:
         return bool(torch.equal(pix_T_cams, p.expand_as(pix_T_cams)) and torch.equal(ref_T_cams, r.expand_as(ref_T_cams)))
 
     def to(self, device: torch.device | str) -> "LiftTable":
-        self.weights, self.count = self.weights.to(device), self.count.to(device)
+        self.weights, self.count = self._layout(self.weights.to_sparse_coo(), device), self.count.to(device)
         self.pix_T_cams, self.ref_T_cams = self.pix_T_cams.to(device), self.ref_T_cams.to(device)
         return self
 
@@ -205,6 +213,7 @@ class LiftTable:
         if S != self.num_cameras or (Hf, Wf) != self.feat_hw:
             raise ValueError(f"LiftTable built for {self.num_cameras} cameras of {self.feat_hw} features, "
                              f"got feats {tuple(feats.shape)}")
+        # Sparse kernels want float32; features may arrive in bf16/fp16 under autocast.
         dense = feats.float().permute(1, 3, 4, 0, 2).reshape(S * Hf * Wf, B * C)
-        out = torch.sparse.mm(self.weights, dense)  # (V, B*C)
-        return out.t().reshape(B, C, self.grid.Z, self.grid.Y, self.grid.X).to(feats.dtype)
+        out = torch.sparse.mm(self.weights, dense).t()  # (B*C, V)
+        return out.reshape(B, C, self.grid.Z, self.grid.Y, self.grid.X).to(feats.dtype)

@@ -67,6 +67,9 @@ def test_fused_and_table_lifts_equal_reference_on_random_rigs(convention, seed):
     for b in range(feats.shape[0]):
         table = LiftTable(pix_T_cams[b], ref_T_cams[b], image_hw, feat_hw, grid, convention)
         assert torch.allclose(table(feats[b:b + 1]), reference[b:b + 1], atol=1e-5, rtol=1e-5)
+        # moving the table (as the node does to its device) keeps it intact
+        table.to("cpu")
+        assert torch.allclose(table(feats[b:b + 1]), reference[b:b + 1], atol=1e-5, rtol=1e-5)
         # the test is only meaningful if the rig has voxels seen by 0, 1 and 2+ cameras
         seen_by = table.count
         assert (seen_by == 0).any() and (seen_by == 1).any() and (seen_by >= 2).any()
