@@ -18,8 +18,8 @@ class SynthConfig:
     version: str = "v1.0-mini"
     render_scale: float = 0.5  # internal render resolution / 1600x900; images are upsampled
     jpeg_quality: int = 90
-    lane_gap_m: tuple[float, float] = (5.0, 28.0)  # bumper-to-bumper gap range in traffic lanes
-    parked_prob: float = 0.55  # chance that a parking-strip slot holds a car
+    lane_gap_m: tuple[float, float] = (15.0, 60.0)  # bumper-to-bumper gap range in traffic lanes
+    parked_prob: float = 0.25  # chance that a parking-strip slot holds a car
     pedestrians_per_100m: float = 6.0
     write_labels: bool = False  # sidecar instance masks + radar point labels (tests, debugging)
     workers: int = 1  # scenes rendered in parallel processes

@@ -328,7 +328,7 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
     # Sidewalks: pedestrians in two walking lines, cyclists between them.
     for side in (-1, 1):
         for d_walk, kind in ((10.4, "ped"), (11.2, "bike"), (12.0, "ped")):
-            rate = cfg.pedestrians_per_100m / 2 if kind == "ped" else 1.0
+            rate = cfg.pedestrians_per_100m / 2 if kind == "ped" else 0.5
             count = int(rng.poisson(rate * (s_hi - s_lo) / 100.0))
             for s in np.sort(rng.uniform(s_lo, s_hi, count)):
                 if near_cross(float(s), 2.0):
@@ -350,7 +350,7 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
             yaw = float(np.arctan2(*(cross.along * (-end if toward else end))[::-1]))
             along = CURB_HALF + 4.0 + rng.uniform(0, 3)
             speed = 0.0 if toward else float(rng.uniform(3.0, 9.0))
-            for _ in range(int(rng.integers(1, 4))):
+            for _ in range(int(rng.integers(0, 3))):
                 category = _pick(LANE_MIX, rng)
                 wlh = _size(category, rng)
                 centre = along + wlh[1] / 2
