@@ -117,6 +117,9 @@ def lift_fused(feats: Tensor, featpix_T_refs: Tensor, cam_T_refs: Tensor, grid: 
     """
     _check_feats(feats, featpix_T_refs)
     B, S, C, Hf, Wf = feats.shape
+    out_dtype = feats.dtype
+    # Sample in float32 even under autocast: bf16 grid coordinates would be ~0.2 px off.
+    feats = feats.float()
     xyz_ref = grid.voxel_centers_ref(feats.device)
     total = feats.new_zeros(B, C, grid.num_voxels)
     count = feats.new_zeros(B, grid.num_voxels)
@@ -132,7 +135,7 @@ def lift_fused(feats: Tensor, featpix_T_refs: Tensor, cam_T_refs: Tensor, grid: 
             # Accumulating in camera order keeps the sum's rounding the same as upstream's.
             total[b].index_add_(1, seen, values)
             count[b].index_add_(0, seen, support.to(count.dtype))
-    return (total / (EPS_MEAN + count[:, None])).reshape(B, C, grid.Z, grid.Y, grid.X)
+    return (total / (EPS_MEAN + count[:, None])).reshape(B, C, grid.Z, grid.Y, grid.X).to(out_dtype)
 
 
 class LiftTable:

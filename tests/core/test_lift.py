@@ -121,3 +121,16 @@ def test_camera_behind_sees_nothing_in_front():
     assert volume[0, 0][z_ref > 0].abs().max() == 0
     assert volume[0, 0][z_ref < -2].max() > 0
     assert torch.allclose(apply_4x4(ref_T_cams[0], torch.tensor([[[0.0, 0.0, 1.0]]]))[0, 0], torch.tensor([0.0, 0.0, -1.0]), atol=1e-6)
+
+
+def test_fused_lift_samples_in_float32_for_low_precision_features():
+    """bf16 features (as under autocast) are sampled at float32 coordinates: the result equals
+    the float32 lift of the same (bf16-rounded) features up to bf16 output rounding."""
+    grid = VoxelGrid(SMALL_GRID)
+    feats, pix_T_cams, ref_T_cams, image_hw, feat_hw = random_rig_inputs(6, B=1)
+    feats = feats.to(torch.bfloat16)
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw, "upstream")
+    low = lift_fused(feats, featpix_T_refs, cam_T_refs, grid)
+    high = lift_fused(feats.float(), featpix_T_refs, cam_T_refs, grid)
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.float(), high, atol=2e-2, rtol=1e-2)
