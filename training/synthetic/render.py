@@ -17,7 +17,7 @@ import numpy as np
 from .assets import TEX_BAND, TEX_FACADE, TEX_STRIPES
 from .raycast import face_normals_global, slab_hits, to_box_frame
 from .rig import IMAGE_H, IMAGE_W
-from .world import CROSS_HALF, CURB_HALF, SIDEWALK_HALF, BoxArray, World
+from .world import CROSS_HALF, CURB_HALF, SIDEWALK_HALF, BoxArray, World, place_local
 
 GROUND, SCENERY = -2, -1  # owner codes besides agent indices
 MAX_RANGE_M = 250.0
@@ -172,11 +172,10 @@ def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.
     keep &= np.abs(centers_cam[:, 0]) - radius < centers_cam[:, 2] * (IMAGE_W / cam.K_full[0, 0]) + 1.0
     idx = np.nonzero(keep)[0]
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
-    c, s = np.cos(boxes.yaw[idx]), np.sin(boxes.yaw[idx])
-    local = signs[None] * boxes.half[idx, None, :]  # (K, 8, 3)
-    corners = np.stack([c[:, None] * local[..., 0] - s[:, None] * local[..., 1],
-                        s[:, None] * local[..., 0] + c[:, None] * local[..., 1], local[..., 2]], -1)
-    corners = corners + boxes.center[idx, None, :]
+    local = (signs[None] * boxes.half[idx, None, :]).reshape(-1, 3)
+    corners = place_local(local, np.repeat(boxes.center[idx, :2], 8, 0), np.repeat(boxes.yaw[idx], 8))
+    corners[:, 2] += np.repeat(boxes.center[idx, 2], 8)
+    corners = corners.reshape(-1, 8, 3)
     corners_cam = corners @ cam_T_world[:3, :3].T + cam_T_world[:3, 3]
     near_plane = corners_cam[..., 2] < 0.05
     uv = cam.project(np.where(near_plane[..., None], 1.0, corners_cam))

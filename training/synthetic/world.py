@@ -154,6 +154,13 @@ class BoxArray:
         return len(self.yaw)
 
 
+def place_local(local_xyz: np.ndarray, xy: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """Object-frame points (N, 3) of objects at global xy (N, 2) with yaw (N,) -> global (N, 3)."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.stack([xy[:, 0] + c * local_xyz[:, 0] - s * local_xyz[:, 1],
+                     xy[:, 1] + s * local_xyz[:, 0] + c * local_xyz[:, 1], local_xyz[:, 2]], -1)
+
+
 def _stack_parts(parts_list: list[Parts], owners: list[int]) -> dict[str, np.ndarray]:
     def cat(name: str) -> np.ndarray:
         return np.asarray([v for p in parts_list for v in getattr(p, name)])
@@ -191,10 +198,7 @@ class World:
         xy, yaw, _ = self.agent_states(t)
         p = self._agent_parts
         part_yaw = yaw[p["owner"]]
-        c, s = np.cos(part_yaw), np.sin(part_yaw)
-        local = p["center"]
-        center = np.stack([xy[p["owner"], 0] + c * local[:, 0] - s * local[:, 1],
-                           xy[p["owner"], 1] + s * local[:, 0] + c * local[:, 1], local[:, 2]], -1)
+        center = place_local(p["center"], xy[p["owner"]], part_yaw)
         sc = self.scenery
         return BoxArray(
             center=np.concatenate([center, sc["center"]]), yaw=np.concatenate([part_yaw, sc["yaw"]]),
@@ -251,10 +255,7 @@ class _Builder:
     def scenery_arrays(self) -> dict[str, np.ndarray]:
         arrays = _stack_parts(self.scenery_parts, [-1] * len(self.scenery_parts))
         poses = np.repeat(np.asarray(self.scenery_pose).reshape(-1, 3), [len(p) for p in self.scenery_parts], axis=0)
-        c, s = np.cos(poses[:, 2]), np.sin(poses[:, 2])
-        local = arrays.pop("center")
-        arrays["center"] = np.stack([poses[:, 0] + c * local[:, 0] - s * local[:, 1],
-                                     poses[:, 1] + s * local[:, 0] + c * local[:, 1], local[:, 2]], -1)
+        arrays["center"] = place_local(arrays["center"], poses[:, :2], poses[:, 2])
         arrays["yaw"] = poses[:, 2].copy()
         return arrays
 
