@@ -271,9 +271,6 @@ def test_radar_pcd_reads_all_fields_with_sane_values(nusc, synthetic_dataroot):
 
 def test_radar_points_lie_in_their_boxes_with_doppler_velocities(nusc, labels, synthetic_dataroot):
     dataroot, _ = synthetic_dataroot
-    inst_by_value = {}
-    for sample in nusc.sample:
-        inst_by_value[sample["token"]] = {}
     checked_points = inside = vel_checked = vel_ok = 0
     count_match = count_total = 0
     RadarPointCloud.disable_filters()
@@ -376,7 +373,7 @@ def test_generation_is_deterministic(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(scenes=0), "scenes"), (dict(samples_per_scene=0), "samples_per_scene"),
     (dict(version="v1.0-test"), "version"), (dict(scenes=11), "v1.0-mini has only 10"),
-    (dict(preset="huge"), "unknown preset"),
+    (dict(preset="huge"), "unknown preset"), (dict(seed=-1), "seed"),
 ])
 def test_bad_settings_give_clear_errors(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -30,6 +30,8 @@ class SynthConfig:
             raise ValueError(f"scenes must be an integer >= 1, got {self.scenes!r}")
         if not isinstance(self.samples_per_scene, int) or self.samples_per_scene < 1:
             raise ValueError(f"samples_per_scene must be an integer >= 1, got {self.samples_per_scene!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.version not in SUPPORTED_VERSIONS:
             raise ValueError(f"version must be one of {SUPPORTED_VERSIONS}, got {self.version!r}")
         scene_names(self.version, self.scenes)  # raises if the version has too few names
