@@ -30,11 +30,12 @@ DEFAULT_INVALID_STATES, DEFAULT_DYNPROP_STATES, DEFAULT_AMBIG_STATES = (0,), tup
 
 # Mean returns per sweep at ~20 m and mean RCS (dBsm) by category; scenery by kind.
 RETURNS_RCS = {
-    "vehicle.car": (2.5, 8.0), "vehicle.truck": (4.0, 16.0), "vehicle.bus.rigid": (5.0, 18.0),
-    "vehicle.motorcycle": (1.0, 3.0), "vehicle.bicycle": (0.7, -2.0), "human.pedestrian.adult": (0.5, -6.0),
-    "movable_object.barrier": (0.8, 2.0), "movable_object.trafficcone": (0.3, -4.0),
+    "vehicle.car": (4.0, 8.0), "vehicle.truck": (6.0, 16.0), "vehicle.bus.rigid": (7.0, 18.0),
+    "vehicle.motorcycle": (1.5, 3.0), "vehicle.bicycle": (1.0, -2.0), "human.pedestrian.adult": (0.8, -6.0),
+    "movable_object.barrier": (1.0, 2.0), "movable_object.trafficcone": (0.5, -4.0),
 }
-SCENERY_RETURNS_PER_M, SCENERY_RCS = 0.12, 10.0
+SCENERY_RETURNS_PER_M, SCENERY_RCS = 0.25, 10.0
+GHOSTS_PER_SWEEP = 8.0
 
 
 @dataclass
@@ -97,7 +98,11 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
         obj_index.append(np.full(counts[i], i))
     if points_xy:
         p_xy, owner, obj = np.concatenate(points_xy), np.concatenate(owners), np.concatenate(obj_index)
-        keep = _line_of_sight(origin, p_xy, obj, objects)
+        # Large objects straddle the edge of the field of view / range: keep only returns inside it.
+        ray = p_xy - origin[:2]
+        point_bearing = np.angle(np.exp(1j * (np.arctan2(ray[:, 1], ray[:, 0]) - heading)))
+        in_view = (np.linalg.norm(ray, axis=-1) < RADAR_MAX_RANGE_M) & (np.abs(point_bearing) < np.deg2rad(RADAR_HALF_FOV_DEG))
+        keep = in_view & _line_of_sight(origin, p_xy, obj, objects)
         p_xy, owner, obj = p_xy[keep], owner[keep], obj[keep]
     else:
         p_xy, owner, obj = np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -162,7 +167,7 @@ def _line_of_sight(origin: np.ndarray, p_xy: np.ndarray, obj: np.ndarray, object
 def _ghosts(origin: np.ndarray, heading: float, objects: RadarObjects, rng: np.random.Generator) -> np.ndarray:
     """Multipath / clutter returns at random places in the field of view, kept 0.5 m clear of
     every agent box so that they never count as an object's return."""
-    n = rng.poisson(5.0)
+    n = rng.poisson(GHOSTS_PER_SWEEP)
     bearing = heading + np.deg2rad(rng.uniform(-RADAR_HALF_FOV_DEG, RADAR_HALF_FOV_DEG, n))
     rng_m = rng.uniform(5.0, RADAR_MAX_RANGE_M * 0.9, n)
     xy = origin[:2] + rng_m[:, None] * np.stack([np.cos(bearing), np.sin(bearing)], -1)
