@@ -273,4 +273,4 @@ def load_image(path: Path, raw_hw: tuple[int, int], target_hw: tuple[int, int]) 
     bgr = cv2.imread(str(path), flag)
     if bgr is None:
         raise DataFileError(f"image file '{path}' cannot be decoded (corrupt or not an image)")
-    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))

@@ -160,7 +160,10 @@ class BatchStream:
         self.batch = per_rank_batch
         self.loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=self.sampler, collate_fn=collate,
                                  num_workers=num_workers, drop_last=True, pin_memory=env.device.type == "cuda",
-                                 persistent_workers=num_workers > 0)
+                                 persistent_workers=num_workers > 0,
+                                 # Its own generator: starting an epoch must not draw from the global
+                                 # torch RNG (the encoder's stochastic depth uses it), or resumed runs diverge.
+                                 generator=torch.Generator().manual_seed(seed))
         self.epoch, self.batches_in_epoch = 0, 0
         self._it: Iterator[Batch] | None = None
 
@@ -381,7 +384,7 @@ def train(args: argparse.Namespace, dataset_factory: Callable[..., Dataset] = ma
                         where = f"last good checkpoint: {last_path}" if last_path else "no checkpoint was written yet"
                         raise NonFiniteLossError(
                             f"non-finite loss at step {step + 1} (micro-batch {micro + 1}/{tc.grad_acc}, samples "
-                            f"{batch.tokens}): total={float(terms.total)} ce={float(terms.ce)} "
+                            f"{batch.tokens}): total={float(terms.total.detach())} ce={float(terms.ce)} "
                             f"center={float(terms.center)} offset={float(terms.offset)}; stopping without saving ({where})")
                     scaler.scale(terms.total / tc.grad_acc).backward()
                 samples_seen += len(batch) * env.world
@@ -397,17 +400,18 @@ def train(args: argparse.Namespace, dataset_factory: Callable[..., Dataset] = ma
             if bar is not None:
                 bar.update(1)
             if env.is_main and (step % tc.log_every == 0 or step == stop_at):
+                total = float(terms.total.detach())
                 now = time.time()
                 rate = samples_window / max(now - t_window, 1e-9)
                 t_window, samples_window = now, 0
                 lr = optimizer.param_groups[0]["lr"]
                 iou = batch_iou(out.segmentation, batch)
                 eta = (now - t_start) / max(samples_seen, 1) * (stop_at - step) * tc.batch_size * tc.grad_acc
-                board.scalars({"loss/total": float(terms.total), "loss/ce": float(terms.ce),
+                board.scalars({"loss/total": total, "loss/ce": float(terms.ce),
                                "loss/center": float(terms.center), "loss/offset": float(terms.offset),
                                "train/iou": iou, "train/lr": lr, "train/samples_per_s": rate,
                                "train/grad_norm": float(grad_norm)}, step)
-                log.info(f"step {step}/{tc.max_steps} loss {float(terms.total):.4f} (ce {float(terms.ce):.4f} "
+                log.info(f"step {step}/{tc.max_steps} loss {total:.4f} (ce {float(terms.ce):.4f} "
                          f"center {float(terms.center):.4f} offset {float(terms.offset):.3f}) iou {iou:.3f} "
                          f"lr {lr:.2e} {rate:.1f} samples/s eta {format_duration(eta)}")
             if env.is_main and step % tc.image_every == 0:
