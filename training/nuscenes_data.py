@@ -87,6 +87,15 @@ def open_nuscenes(dataroot: str | Path, version: str) -> Any:
         raise DataFileError(f"cannot load nuScenes '{version}' from '{dataroot}': {type(e).__name__}: {e}") from e
 
 
+@dataclass
+class AugmentationPlan:
+    """One sample's augmentation: reference camera slot, per-camera resize-crop, blanked cameras."""
+
+    ref_index: int
+    resize_crops: list[ResizeCrop]
+    dropped: list[bool]
+
+
 class LruCache:
     """A small bounded mapping (per process; DataLoader workers each own one)."""
 
@@ -110,8 +119,8 @@ class LruCache:
 class NuScenesBev(Dataset):
     """Samples of one split. `train=True` enables the data.* augmentations.
 
-    dataset[i] -> Sample without augmentation randomness beyond `seed = i`;
-    dataset[(i, seed)] -> Sample augmented with np.random.default_rng(seed).
+    dataset[i] -> Sample without augmentation (eval view);
+    dataset[(i, seed)] -> Sample augmented by `augmentation(seed)` (training sets only).
     """
 
     def __init__(self, cfg: SimpleBevConfig, dataroot: str | Path, version: str, split: str, train: bool,
@@ -213,11 +222,20 @@ class NuScenesBev(Dataset):
         return torch.cat(xyzs), torch.cat(metas)
 
     # ------------------------------------------------------------------ samples
-    def _reference_index(self, rng: np.random.Generator | None) -> int:
-        cams = self.cfg.input.cameras
-        if rng is not None and self.cfg.data.rand_ref_camera and len(cams) > 1:
-            return int(rng.integers(1, len(cams)))
-        return cams.index(self.cfg.input.ref_camera)
+    def augmentation(self, seed: int | None) -> AugmentationPlan:
+        """The random choices for one sample: all drawn here, in a fixed order, from `seed`
+        (no augmentation when seed is None or the dataset is not a training set)."""
+        cams, data = self.cfg.input.cameras, self.cfg.data
+        final_hw = (self.cfg.input.image_height, self.cfg.input.image_width)
+        if seed is None or not self.train:
+            return AugmentationPlan(cams.index(self.cfg.input.ref_camera), [ResizeCrop.plain(final_hw)] * len(cams),
+                                    [False] * len(cams))
+        rng = np.random.default_rng(seed)
+        ref = int(rng.integers(1, len(cams))) if data.rand_ref_camera and len(cams) > 1 else cams.index(self.cfg.input.ref_camera)
+        crops = [ResizeCrop.random(final_hw, data.resize_range, rng) if data.rand_resize_crop else ResizeCrop.plain(final_hw)
+                 for _ in cams]
+        drop = [bool(d) and s != ref for s, d in enumerate(rng.random(len(cams)) < data.camera_dropout)]
+        return AugmentationPlan(ref, crops, drop)
 
     def targets(self, rec: FrameRecord, ref_index: int) -> Targets:
         """BEV targets of a record with camera `ref_index` as the reference (cached)."""
@@ -231,30 +249,24 @@ class NuScenesBev(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         index, seed = (key, None) if isinstance(key, (int, np.integer)) else key
-        rng = np.random.default_rng(seed) if (self.train and seed is not None) else None
+        plan = self.augmentation(seed)
         rec = self.record(self.tokens[int(index)])
-        final_hw = (self.cfg.input.image_height, self.cfg.input.image_width)
         half_pixel = self.cfg.model.pixel_convention == "exact"
-        ref_index = self._reference_index(rng)
         images, Ks = [], []
         for s, path in enumerate(rec.image_paths):
-            rc = (ResizeCrop.random(final_hw, self.cfg.data.resize_range, rng)
-                  if rng is not None and self.cfg.data.rand_resize_crop else ResizeCrop.plain(final_hw))
-            images.append(resize_crop_image(load_image(path, rec.raw_hw[s], rc.resized_hw), rc))
+            rc = plan.resize_crops[s]
+            image = resize_crop_image(load_image(path, rec.raw_hw[s], rc.resized_hw), rc)
+            images.append(torch.zeros_like(image) if plan.dropped[s] else image)
             Ks.append(resize_crop_intrinsics(rec.pix_T_cams[s], rec.raw_hw[s], rc, half_pixel))
-        images_t = torch.stack(images)
-        if rng is not None and self.cfg.data.camera_dropout > 0:
-            drop = rng.random(len(images)) < self.cfg.data.camera_dropout
-            drop[ref_index] = False
-            images_t[torch.from_numpy(drop)] = 0.0
-        ref_T_egokey = invert_rigid(rec.egokey_T_cams[ref_index])
+        ref_T_egokey = invert_rigid(rec.egokey_T_cams[plan.ref_index])
         radar = None
         if rec.radar_xyz_ego is not None:
             radar = radar_volume(self.cfg.model.radar, rec.radar_xyz_ego, rec.radar_meta_ego, ref_T_egokey, self.grid)
         return Sample(
-            images=images_t, pix_T_cams=torch.stack(Ks), ref_T_cams=ref_T_cams_from_ego(rec.egokey_T_cams, ref_index),
-            radar=radar, targets=self.targets(rec, ref_index), token=rec.token, cameras=tuple(self.cfg.input.cameras),
-            ref_camera=self.cfg.input.cameras[ref_index], stamp_ns=rec.stamp_ns,
+            images=torch.stack(images), pix_T_cams=torch.stack(Ks),
+            ref_T_cams=ref_T_cams_from_ego(rec.egokey_T_cams, plan.ref_index), radar=radar,
+            targets=self.targets(rec, plan.ref_index), token=rec.token, cameras=tuple(self.cfg.input.cameras),
+            ref_camera=self.cfg.input.cameras[plan.ref_index], stamp_ns=rec.stamp_ns,
         )
 
 

@@ -4,8 +4,10 @@ offsets on the Z x X grid in the reference camera frame.
 Conventions (upstream's, except where noted):
 - footprint = the box's top face (z = +h/2 in the box frame) projected onto the grid's X-Z plane;
   exactly the cells whose centre lies inside (or on the edge of) that convex quadrilateral are 1.
-  Upstream truncated the vertices to integers and used cv2.fillPoly, which also paints every cell
-  the outline touches (footprints up to a cell too large and shifted).
+  A box whose footprint covers no cell centre (a bicycle on a coarse grid) still marks the cell
+  holding its centre, so no vehicle vanishes from the targets. Upstream truncated the vertices to
+  integers and used cv2.fillPoly, which also paints every cell the outline touches (footprints up
+  to a cell too large and shifted).
 - valid = 0 on footprints of barely visible vehicles (nuScenes visibility '1', 0-40 %).
 - centre = Gaussian of sigma `sigma_cells` around the box centre (upstream rounded the centre to a
   cell first), values < 0.001 set to 0, max over boxes.
@@ -96,8 +98,14 @@ def rasterize_targets(boxes: BoxSet, ref_T_ego: np.ndarray, grid: VoxelGrid, sig
         centers_xz = _to_mem_xz(boxes.center_ego, ref_T_ego, grid)  # (N, 2)
         for k in range(n):
             _fill(ids, faces_xz[k], k + 1)
+            col, row = np.round(centers_xz[k]).astype(int)
+            centre_in_grid = 0 <= col < X and 0 <= row < Z
+            if centre_in_grid and ids[row, col] == 0:
+                ids[row, col] = k + 1
             if not boxes.visible[k]:
                 _fill(valid, faces_xz[k], 0)
+                if centre_in_grid:
+                    valid[row, col] = 0
         radius = int(np.ceil(3.0 * sigma_cells)) + 1
         for cx, cz in centers_xz:
             c0, c1 = max(int(np.floor(cx)) - radius, 0), min(int(np.ceil(cx)) + radius + 1, X)

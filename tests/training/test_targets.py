@@ -84,3 +84,9 @@ def test_center_heatmap_zeroes_small_values_and_box_outside_grid_is_clipped():
     assert float(nz.min()) >= 0.001
     empty = rasterize_targets(BoxSet.empty(), REF_T_EGO, GRID)
     assert empty.seg.sum() == 0 and empty.center.sum() == 0 and empty.valid.sum() == 400
+
+
+def test_thin_box_still_marks_its_centre_cell():
+    # 0.6 m x 0.3 m (a bicycle seen end-on) between cell centres: covers no centre, keeps one cell.
+    t = rasterize_targets(boxes((5.0, 3.0, 0.3, 0.6, 0.0, False)), REF_T_EGO, GRID)
+    assert t.seg.sum() == 1 and t.valid.sum() == 399
