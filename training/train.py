@@ -34,14 +34,15 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from simplebev_core.checkpoint import load_checkpoint, read_checkpoint, resolve_checkpoint, save_checkpoint, upstream_checkpoint_step
-from simplebev_core.config import NODE_NAME, SimpleBevConfig, apply_overrides, config_from_dict, config_to_dict, load_config, parse_override
+from simplebev_core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, resolve_checkpoint, save_checkpoint, upstream_checkpoint_step
+from simplebev_core.config import NODE_NAME, ConfigError, SimpleBevConfig, apply_overrides, config_from_dict, config_to_dict, load_config, parse_override
 from simplebev_core.model import Segnet, build_model
 from simplebev_core.sample import Batch, collate
 
 from training import losses
 from training.logging_utils import Board, bev_panel, format_duration, setup_logger
 from training.metrics import IouAccumulator
+from training.radar_io import DataFileError
 
 CHECKPOINT_DIR = "checkpoints"
 EXIT_NON_FINITE = 3
@@ -65,13 +66,23 @@ def read_preset(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _numeric(key: str, value: Any) -> tuple[str, Any]:
+    """YAML 1.1 reads '2e-3' (no decimal point) as a string; on the command line it means a float."""
+    if isinstance(value, str):
+        try:
+            return key, float(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def resolve_config(config: str | None, presets: Sequence[str] = (), sets: Sequence[str] = (),
                    base: SimpleBevConfig | None = None) -> SimpleBevConfig:
     """`base` (e.g. a checkpoint's config) or the config file, then presets, then --set overrides."""
     overrides: dict[str, Any] = {}
     for p in presets:
         overrides.update(read_preset(p))
-    overrides.update(dict(parse_override(s) for s in sets))
+    overrides.update(dict(_numeric(*parse_override(s)) for s in sets))
     if base is None:
         return load_config(config, overrides)
     return config_from_dict(apply_overrides(config_to_dict(base), overrides))
@@ -450,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except (ConfigError, CheckpointError, DataFileError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
