@@ -204,7 +204,8 @@ class TrainConfig:
     def validate(self, prefix: str) -> None:
         for name in ("max_steps", "batch_size", "grad_acc", "log_every", "image_every", "save_every", "keep_latest"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
-        _check(self.scheduler_extra_steps >= 0, f"{prefix}.scheduler_extra_steps", "must be >= 0")
+        # OneCycleLR is stepped after every optimiser step, so it needs at least one step in hand.
+        _check(self.scheduler_extra_steps >= 1, f"{prefix}.scheduler_extra_steps", "must be >= 1")
         for name in ("lr", "adam_eps", "grad_clip_norm", "ce_scale", "pos_weight"):
             _check(getattr(self, name) > 0.0, f"{prefix}.{name}", "must be positive")
         _check(self.weight_decay >= 0.0, f"{prefix}.weight_decay", "must be >= 0")
