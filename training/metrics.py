@@ -23,6 +23,13 @@ def cell_distance_m(grid: VoxelGrid) -> Tensor:
     return torch.sqrt(z[:, None] ** 2 + x[None, :] ** 2).float()
 
 
+def intersection_union(seg_logits: Tensor, seg: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Per-cell intersection and union (float64, same shape) of pred = sigmoid > threshold and gt."""
+    pred = (torch.sigmoid(seg_logits.detach().float()) > threshold).double()
+    gt = seg.double()
+    return pred * gt, (pred + gt).clamp(max=1.0)
+
+
 class IouAccumulator:
     """Accumulates intersections and unions over batches (float64 counts, any device)."""
 
@@ -45,10 +52,8 @@ class IouAccumulator:
     @torch.no_grad()
     def update(self, seg_logits: Tensor, seg: Tensor, valid: Tensor) -> None:
         """seg_logits, seg, valid: (B, 1, Z, X)."""
-        pred = (torch.sigmoid(seg_logits.float()) > self.threshold).double()
-        gt, valid = seg.double(), valid.double()
-        inter = pred * gt
-        union = (pred + gt).clamp(max=1.0)
+        inter, union = intersection_union(seg_logits, seg, self.threshold)
+        valid = valid.double()
         self.inter += float((inter * valid).sum())
         self.union += float((union * valid).sum())
         self.inter_all += float(inter.sum())

@@ -41,7 +41,7 @@ from simplebev_core.sample import Batch, collate
 
 from training import losses
 from training.logging_utils import Board, bev_panel, format_duration, setup_logger
-from training.metrics import IouAccumulator
+from training.metrics import intersection_union
 from training.radar_io import DataFileError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -275,11 +275,10 @@ def make_optimizer(model: torch.nn.Module, cfg: SimpleBevConfig) -> tuple[torch.
 
 def batch_iou(seg_logits: torch.Tensor, batch: Batch) -> float:
     """IoU of one batch (for the training log), same definition as the evaluation metric."""
-    pred = (torch.sigmoid(seg_logits.detach().float()) > 0.5).float()
-    gt, valid = batch.targets.seg, batch.targets.valid
-    inter = float((pred * gt * valid).sum())
-    union = float(((pred + gt).clamp(max=1) * valid).sum())
-    return inter / union if union > 0 else math.nan
+    inter, union = intersection_union(seg_logits, batch.targets.seg)
+    valid = batch.targets.valid.double()
+    u = float((union * valid).sum())
+    return float((inter * valid).sum()) / u if u > 0 else math.nan
 
 
 def make_dataset(cfg: SimpleBevConfig, dataroot: str, version: str, split: str, train: bool) -> Dataset:
