@@ -8,6 +8,7 @@ bool, int, float, str, or a homogeneous list of those. Unknown keys and wrong ty
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,12 +311,21 @@ def flatten_config(cfg: SimpleBevConfig) -> dict[str, Any]:
     return out
 
 
+_FLOAT_WITHOUT_POINT = re.compile(r"^[-+]?\d+[eE][-+]?\d+$")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """'model.encoder=res50' -> ('model.encoder', 'res50'); the value is parsed as YAML."""
+    """'model.encoder=res50' -> ('model.encoder', 'res50'); the value is parsed as YAML.
+
+    YAML 1.1 reads '2e-3' (no decimal point) as a string; on a command line it means a float.
+    """
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    raw = raw.strip()
+    if _FLOAT_WITHOUT_POINT.match(raw):
+        return key.strip(), float(raw)
+    return key.strip(), yaml.safe_load(raw) if raw else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,23 +66,13 @@ def read_preset(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _numeric(key: str, value: Any) -> tuple[str, Any]:
-    """YAML 1.1 reads '2e-3' (no decimal point) as a string; on the command line it means a float."""
-    if isinstance(value, str):
-        try:
-            return key, float(value)
-        except ValueError:
-            pass
-    return key, value
-
-
 def resolve_config(config: str | None, presets: Sequence[str] = (), sets: Sequence[str] = (),
                    base: SimpleBevConfig | None = None) -> SimpleBevConfig:
     """`base` (e.g. a checkpoint's config) or the config file, then presets, then --set overrides."""
     overrides: dict[str, Any] = {}
     for p in presets:
         overrides.update(read_preset(p))
-    overrides.update(dict(_numeric(*parse_override(s)) for s in sets))
+    overrides.update(dict(parse_override(s) for s in sets))
     if base is None:
         return load_config(config, overrides)
     return config_from_dict(apply_overrides(config_to_dict(base), overrides))

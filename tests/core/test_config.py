@@ -91,5 +91,7 @@ def test_parse_override():
     assert parse_override("model.encoder=res50") == ("model.encoder", "res50")
     assert parse_override("grid.voxels_zyx=[8, 2, 8]") == ("grid.voxels_zyx", [8, 2, 8])
     assert parse_override("model.rand_flip=false") == ("model.rand_flip", False)
+    assert parse_override("train.lr=2e-3") == ("train.lr", 0.002)  # YAML 1.1 alone would give a string
+    assert parse_override("input.ref_camera=CAM_BACK") == ("input.ref_camera", "CAM_BACK")
     with pytest.raises(ConfigError):
         parse_override("model.encoder")
