@@ -1,6 +1,6 @@
-"""It learns: a short CPU training run on the tiny synthetic world beats an untrained model on
-the held-out (mini_val) scene. The full 10-minute run reaching IoU >= 0.5 is documented in
-docs/training.md (too slow for the test suite on 2 cores)."""
+"""It learns: a short CPU training run on a small synthetic world beats an untrained model on
+the held-out (mini_val) scene. The full preset run (held-out IoU 0.575 in under 7 minutes) is
+documented in docs/training.md; it is too slow for the test suite on 2 cores."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +18,8 @@ pytest.importorskip("nuscenes", reason="the loader is built on the nuScenes devk
 
 PRESET = Path(__file__).resolve().parents[2] / "config" / "synthetic_cpu.yaml"
 # The CPU preset, shrunk: smaller images, batch 1, a short schedule.
-# A high pos_weight makes the young model commit to positives (p > 0.5) early; the 10-minute preset
-# needs no such push.
+# A higher pos_weight than the preset's makes the very young model commit to positives (p > 0.5)
+# within 400 single-sample steps.
 SETS = ["input.image_height=64", "input.image_width=112", "train.max_steps=400", "train.scheduler_extra_steps=1",
         "train.batch_size=1", "train.pos_weight=10.0", "train.save_every=400", "train.log_every=50",
         "train.image_every=1000", "data.num_workers=0"]
