@@ -88,8 +88,8 @@ def upstream_checkpoint_step(path: Path) -> int | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A file as is; a directory -> its newest checkpoint (highest step in `model-*.pth`, else the
-    newest `*.pt`/`*.pth` by step recorded in the name, else by modification time)."""
+    """A file as is; a directory -> its newest checkpoint: the highest step among `model-*.pth`
+    files, else the most recently modified `*.pt`/`*.pth` file."""
     path = Path(path)
     if path.is_file():
         return path

@@ -95,7 +95,9 @@ def matrix_to_quat_wxyz(rot: Tensor) -> Tensor:
 def pose_to_matrix(translation: Tensor, quat_wxyz: Tensor) -> Tensor:
     """(..., 3) translation and (..., 4) quaternion -> a_T_b (..., 4, 4), as nuScenes stores
     calibrated_sensor (ego_T_sensor) and ego_pose (world_T_ego) records."""
-    translation = torch.as_tensor(translation, dtype=torch.float64 if torch.is_tensor(translation) and translation.dtype == torch.float64 else torch.float32)
+    translation = torch.as_tensor(translation)
+    if translation.dtype != torch.float64:  # float64 stays (global nuScenes poses need it), else float32
+        translation = translation.float()
     quat_wxyz = torch.as_tensor(quat_wxyz, dtype=translation.dtype)
     T = torch.zeros(translation.shape[:-1] + (4, 4), dtype=translation.dtype)
     T[..., :3, :3] = quat_wxyz_to_matrix(quat_wxyz)

@@ -34,6 +34,6 @@ def nuscenes_like_rig(H: int, W: int, yaws_deg=NUSCENES_LIKE_YAWS_DEG, jitter: f
     mats = []
     for s, yaw in enumerate(yaws_deg):
         noise = (torch.rand(4, generator=generator) * 2 - 1) * jitter
-        offset = (0.0, 0.0, 0.0) if s == 1 and jitter == 0 else tuple((noise[:3] * 0.5).tolist())
+        offset = tuple((noise[:3] * 0.5).tolist())  # zero without jitter
         mats.append(ref_T_cam_yaw(yaw + float(noise[3]) * 5, offset))
     return pix_T_cams, torch.stack(mats)

@@ -35,7 +35,7 @@ def tiny_cfg(**extra):
 
 def tiny_inputs(B: int = 2, S: int = 2, radar: str = "none", seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    pix, ref = nuscenes_like_rig(H, W, yaws_deg=(55.0, 0.0)[:S] if S <= 2 else None)
+    pix, ref = nuscenes_like_rig(H, W, yaws_deg=(55.0, 0.0)[:S])
     images = torch.rand(B, S, 3, H, W, generator=g)
     pix_T_cams = pix[None].expand(B, -1, -1, -1).contiguous()
     ref_T_cams = ref[None].expand(B, -1, -1, -1).contiguous()
