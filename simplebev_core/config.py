@@ -23,6 +23,7 @@ ENCODERS = ("res101", "res50", "effb0", "camencode", "camencode_replk")
 RADAR_MODES = ("none", "occupancy", "meta")
 PIXEL_CONVENTIONS = ("upstream", "exact")
 LIFTS = ("fused", "reference")
+CAMERA_POSES = ("capture_time", "static")
 NUSCENES_CAMERAS = (
     "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT",
 )
@@ -90,8 +91,13 @@ class InputConfig:
     ref_camera: str = "CAM_FRONT"
     image_height: int = 448
     image_width: int = 800
+    # How camera extrinsics treat ego motion between the cameras' capture times
+    # (simplebev_core.frame): capture_time | static.
+    camera_poses: str = "capture_time"
 
     def validate(self, prefix: str) -> None:
+        _check(self.camera_poses in CAMERA_POSES, f"{prefix}.camera_poses",
+               f"'{self.camera_poses}' is not one of {list(CAMERA_POSES)}")
         _check(len(self.cameras) > 0, f"{prefix}.cameras", "at least one camera is needed")
         _check(len(set(self.cameras)) == len(self.cameras), f"{prefix}.cameras", "camera names must be unique")
         _check(self.ref_camera in self.cameras, f"{prefix}.ref_camera",

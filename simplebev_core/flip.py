@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Meta-radar channels holding velocities, as (x-component, z-component) pairs in the
-# reference frame (the data pipeline rotates them there): vx, vy and vx_comp, vy_comp.
-META_VELOCITY_X_CHANNELS = (3, 5)
-META_VELOCITY_Z_CHANNELS = (4, 6)
+# Meta-radar velocity channels, as components along ref X and ref Z (the data pipeline rotates
+# them there).
+from .radar import META_VELOCITY_X_CHANNELS, META_VELOCITY_Z_CHANNELS
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from .config import SimpleBevConfig
 from .encoders import build_encoder
 from .flip import FlipPlan, apply_bev_flips, draw_flips, flip_radar, flip_where
 from .lift import LiftTable, feature_projections, lift_fused, lift_reference
+from .radar import META_RADAR_CHANNELS
 from .voxel import VoxelGrid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-META_RADAR_CHANNELS = 16
 
 
 @dataclass

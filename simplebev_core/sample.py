@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .radar import META_RADAR_CHANNELS
+
 
 @dataclass
 class Targets:
@@ -148,7 +150,7 @@ def _check_frame(x: Sample | Batch, batched: bool, grid_zyx: Sequence[int] | Non
     zyx = tuple(grid_zyx) if grid_zyx is not None else None
     if x.radar is not None:
         r = x.radar
-        if r.dim() != 4 + lead or r.shape[lead] not in (1, 16) or not r.is_floating_point() \
+        if r.dim() != 4 + lead or r.shape[lead] not in (1, META_RADAR_CHANNELS) or not r.is_floating_point() \
                 or (zyx is not None and tuple(r.shape[lead + 1:]) != zyx):
             fail("radar", f"float ({b}16 or 1, Z, Y, X) with Z, Y, X = {zyx or 'grid'}", r)
     if x.targets is not None:

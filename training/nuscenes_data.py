@@ -1,10 +1,17 @@
 """nuScenes (or the synthetic world in nuScenes format) -> `Sample`s for training and evaluation.
 
-The only module besides training/synthetic that imports the nuScenes devkit. Frames: nuScenes
-calibrated_sensor = ego_T_sensor, ego_pose = global_T_ego. Everything is expressed in ONE ego
-frame, the reference keyframe's LIDAR_TOP ego pose ("egokey"): boxes, radar sweeps (motion
-compensated) and cameras (each camera's pose at its own capture time), which fixes upstream's
-RADAR_FRONT / LIDAR_TOP ego mismatch.
+The only module besides training/synthetic that imports the nuScenes devkit. It walks the
+devkit tables into a `FrameRecord` per sample (calibration, poses, boxes, radar), describes the
+sample as a `simplebev_core.frame.RawFrame` (the JPEG bytes of each camera, raw intrinsics,
+extrinsics, radar points) and lets `simplebev_core.frame.assemble` build the `Sample`: the ROS
+node builds the same RawFrame from messages and calls the same function.
+
+Frames: nuScenes calibrated_sensor = ego_T_sensor, ego_pose = world_T_ego. The frame's ego
+frame is the vehicle at the capture time of `input.ref_camera` (CAM_FRONT), the camera whose
+stamp also stamps the node's output: boxes, radar sweeps (motion compensated) and cameras are
+all expressed in it. Camera extrinsics follow `input.camera_poses` (see simplebev_core.frame).
+Radar: per radar the last `data.radar_sweeps` sweeps at or before the frame stamp, the rule
+the node applies to its radar topics.
 
 Reference camera: evaluation uses cfg.input.ref_camera (CAM_FRONT). Training with
 data.rand_ref_camera draws it uniformly from input.cameras[1:] (upstream never picks slot 0,
@@ -15,10 +22,10 @@ Augmentation randomness comes from the index key: `dataset[(i, seed)]` seeds a n
 with `seed`, so a sample's augmentation depends only on the sampler's (index, seed), not on
 worker count or process history; that makes resumed runs reproducible.
 
-Caching: per worker process, the per-sample record (calibration, boxes, radar points in the
-keyframe ego frame) is built once from the devkit tables and radar files; BEV targets are cached
-per (sample, reference camera). Images are decoded every time (reduced-resolution JPEG decoding
-when the input is much smaller than the raw image).
+Caching: per worker process, FrameRecords (calibration, poses, boxes, radar points: a few KB to
+a few hundred KB each) are kept in an LRU bounded by bytes (`cache_bytes`, default 256 MiB).
+BEV targets are rasterised on every call (about a millisecond; caching them per reference camera
+cost 0.8 MB each at the headline grid for a low hit rate). Images are decoded every time.
 """
 from __future__ import annotations
 
@@ -27,40 +34,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from simplebev_core.config import SimpleBevConfig
+from simplebev_core.frame import AssemblyPlan, CameraInput, RawFrame, assemble
 from simplebev_core.geometry import intrinsics_matrix, invert_rigid, pose_to_matrix
-from simplebev_core.preprocess import ResizeCrop, radar_volume, ref_T_cams_from_ego, resize_crop_image, resize_crop_intrinsics
+from simplebev_core.image_decode import ImageDecodeError
+from simplebev_core.preprocess import ResizeCrop
+from simplebev_core.radar import RadarPoints, RadarSweep, accumulate_sweeps, sweep_lag_s
 from simplebev_core.sample import Sample, Targets
 from simplebev_core.voxel import VoxelGrid
 
-from .radar_io import DataFileError, read_radar_pcd, sweep_to_ego
+from .radar_io import DataFileError, read_radar_pcd
 from .targets import BoxSet, rasterize_targets
 
-RADAR_CHANNELS = ("RADAR_BACK_RIGHT", "RADAR_BACK_LEFT", "RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT")
-KEYFRAME_CHANNEL = "LIDAR_TOP"
+RADAR_CHANNELS = ("RADAR_BACK_RIGHT", "RADAR_BACK_LEFT", "RADAR_FRONT", "RADAR_FRONT_LEFT",
+                  "RADAR_FRONT_RIGHT")
 VEHICLE_KEYWORD = "vehicle"  # upstream: any category name containing it (bicycle, motorcycle too)
 LOW_VISIBILITY_TOKEN = "1"  # 0-40 % visible: ignored by loss and metric
-_REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+DEFAULT_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass
 class FrameRecord:
-    """Everything about one keyframe the loader needs, in the keyframe ego frame (egokey)."""
+    """Everything about one sample the loader needs, in the frame's ego frame (see above).
+
+    pix_T_cams (S, 4, 4) raw intrinsics and ego_T_cams (S, 4, 4) float64 in input.cameras
+    order; radar None for camera-only models.
+    """
 
     token: str
     stamp_ns: int
-    image_paths: list[Path]  # in cfg.input.cameras order
+    image_paths: list[Path]
     raw_hw: list[tuple[int, int]]
-    pix_T_cams: torch.Tensor  # (S, 4, 4) intrinsics of the raw images
-    egokey_T_cams: torch.Tensor  # (S, 4, 4)
+    camera_stamps_ns: list[int]
+    pix_T_cams: torch.Tensor
+    ego_T_cams: torch.Tensor
     boxes: BoxSet
-    radar_xyz_ego: torch.Tensor | None  # (N, 3)
-    radar_meta_ego: torch.Tensor | None  # (N, 16)
+    radar: RadarPoints | None
+
+    def nbytes(self) -> int:
+        tensors = [self.pix_T_cams, self.ego_T_cams]
+        if self.radar is not None:
+            tensors += [self.radar.xyz_ego, self.radar.meta_ego]
+        arrays = [self.boxes.center_ego, self.boxes.size_wlh, self.boxes.ego_R_box]
+        return (sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays)
+                + 200 * len(self.image_paths) + 1024)
 
 
 def split_scene_names(version: str, split: str) -> set[str]:
@@ -95,13 +116,21 @@ class AugmentationPlan:
     resize_crops: list[ResizeCrop]
     dropped: list[bool]
 
+    def assembly(self) -> AssemblyPlan:
+        return AssemblyPlan(self.ref_index, tuple(self.resize_crops), tuple(self.dropped))
 
-class LruCache:
-    """A small bounded mapping (per process; DataLoader workers each own one)."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
+class ByteBoundedLru:
+    """An LRU mapping bounded by the total `nbytes()` of its values (per process: DataLoader
+    workers each own one)."""
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = capacity_bytes
+        self.nbytes = 0
         self._data: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
 
     def get(self, key: Any) -> Any:
         value = self._data.get(key)
@@ -110,10 +139,17 @@ class LruCache:
         return value
 
     def put(self, key: Any, value: Any) -> None:
+        if key in self._data:
+            self.nbytes -= self._data.pop(key).nbytes()
         self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        self.nbytes += value.nbytes()
+        while self.nbytes > self.capacity_bytes and self._data:
+            _, old = self._data.popitem(last=False)
+            self.nbytes -= old.nbytes()
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.nbytes = 0
 
 
 class NuScenesBev(Dataset):
@@ -123,8 +159,8 @@ class NuScenesBev(Dataset):
     dataset[(i, seed)] -> Sample augmented by `augmentation(seed)` (training sets only).
     """
 
-    def __init__(self, cfg: SimpleBevConfig, dataroot: str | Path, version: str, split: str, train: bool,
-                 nusc: Any = None, cache_items: int = 100_000):
+    def __init__(self, cfg: SimpleBevConfig, dataroot: str | Path, version: str, split: str,
+                 train: bool, nusc: Any = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.cfg, self.train, self.dataroot = cfg, train, Path(dataroot)
         self.grid = VoxelGrid(cfg.grid)
         self.nusc = nusc if nusc is not None else open_nuscenes(dataroot, version)
@@ -138,88 +174,123 @@ class NuScenesBev(Dataset):
             while token:
                 self.tokens.append(token)
                 token = self.nusc.get("sample", token)["next"]
-        self._records = LruCache(cache_items)
-        self._targets = LruCache(cache_items)
+        self.records = ByteBoundedLru(cache_bytes)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     # ------------------------------------------------------------------ records
-    def _pose(self, table: str, token: str) -> np.ndarray:
+    def _pose(self, table: str, token: str) -> torch.Tensor:
+        """A calibrated_sensor (ego_T_sensor) or ego_pose (world_T_ego) record, (4, 4) float64."""
         rec = self.nusc.get(table, token)
         return pose_to_matrix(torch.tensor(rec["translation"], dtype=torch.float64),
-                              torch.tensor(rec["rotation"], dtype=torch.float64)).numpy()
+                              torch.tensor(rec["rotation"], dtype=torch.float64))
 
-    def _global_T_sensor(self, sd: dict) -> np.ndarray:
-        return self._pose("ego_pose", sd["ego_pose_token"]) @ self._pose("calibrated_sensor", sd["calibrated_sensor_token"])
+    def _ego_T_sensor(self, sd: dict, ego_T_world: torch.Tensor, moving: bool) -> torch.Tensor:
+        """A sensor at its capture time -> the frame's ego frame. `moving=False` ignores the ego
+        motion between the two times (the static calibration alone)."""
+        ego_T_sensor = self._pose("calibrated_sensor", sd["calibrated_sensor_token"])
+        if not moving:
+            return ego_T_sensor
+        return ego_T_world @ self._pose("ego_pose", sd["ego_pose_token"]) @ ego_T_sensor
 
     def record(self, token: str) -> FrameRecord:
         """The cached FrameRecord of a sample token."""
-        rec = self._records.get(token)
+        rec = self.records.get(token)
         if rec is None:
             rec = self._build_record(token)
-            self._records.put(token, rec)
+            self.records.put(token, rec)
         return rec
 
     def _build_record(self, token: str) -> FrameRecord:
         sample = self.nusc.get("sample", token)
-        key_sd = self.nusc.get("sample_data", sample["data"][KEYFRAME_CHANNEL])
-        egokey_T_global = np.linalg.inv(self._pose("ego_pose", key_sd["ego_pose_token"]))
-        paths, raw_hw, Ks, egokey_T_cams = [], [], [], []
-        for cam in self.cfg.input.cameras:
-            if cam not in sample["data"]:
-                raise DataFileError(f"sample '{token}' has no camera '{cam}' (input.cameras)")
-            sd = self.nusc.get("sample_data", sample["data"][cam])
+        cams = self.cfg.input.cameras
+        missing = [cam for cam in cams if cam not in sample["data"]]
+        if missing:
+            raise DataFileError(f"sample '{token}' has no camera {missing} (input.cameras)")
+        sds = [self.nusc.get("sample_data", sample["data"][cam]) for cam in cams]
+        frame_sd = sds[cams.index(self.cfg.input.ref_camera)]
+        stamp_ns = int(frame_sd["timestamp"]) * 1000
+        ego_T_world = invert_rigid(self._pose("ego_pose", frame_sd["ego_pose_token"]))
+        moving = self.cfg.input.camera_poses == "capture_time"
+        Ks, ego_T_cams = [], []
+        for sd in sds:
             calib = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
             K = np.asarray(calib["camera_intrinsic"], dtype=np.float64)
             Ks.append(intrinsics_matrix(K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
-            egokey_T_cams.append(torch.from_numpy(egokey_T_global @ self._global_T_sensor(sd)).float())
-            paths.append(self.dataroot / sd["filename"])
-            raw_hw.append((int(sd["height"]), int(sd["width"])))
-        boxes = self._boxes(sample, egokey_T_global)
-        xyz = meta = None
+            ego_T_cams.append(self._ego_T_sensor(sd, ego_T_world, moving))
+        radar = None
         if self.cfg.model.radar != "none":
-            xyz, meta = self._radar(sample, egokey_T_global, key_sd["timestamp"])
-        return FrameRecord(token=token, stamp_ns=int(key_sd["timestamp"]) * 1000, image_paths=paths, raw_hw=raw_hw,
-                           pix_T_cams=torch.stack(Ks), egokey_T_cams=torch.stack(egokey_T_cams), boxes=boxes,
-                           radar_xyz_ego=xyz, radar_meta_ego=meta)
+            radar = accumulate_sweeps(self._radar_sweeps(sample, ego_T_world, stamp_ns))
+        return FrameRecord(
+            token=token, stamp_ns=stamp_ns, image_paths=[self.dataroot / sd["filename"] for sd in sds],
+            raw_hw=[(int(sd["height"]), int(sd["width"])) for sd in sds],
+            camera_stamps_ns=[int(sd["timestamp"]) * 1000 for sd in sds],
+            pix_T_cams=torch.stack(Ks), ego_T_cams=torch.stack(ego_T_cams),
+            boxes=self._boxes(sample, ego_T_world.numpy()), radar=radar)
 
-    def _boxes(self, sample: dict, egokey_T_global: np.ndarray) -> BoxSet:
+    def _boxes(self, sample: dict, ego_T_world: np.ndarray) -> BoxSet:
         centers, sizes, rots, visible = [], [], [], []
         for ann_token in sample["anns"]:
             ann = self.nusc.get("sample_annotation", ann_token)
             if VEHICLE_KEYWORD not in ann["category_name"]:
                 continue
-            global_T_box = pose_to_matrix(torch.tensor(ann["translation"], dtype=torch.float64),
-                                          torch.tensor(ann["rotation"], dtype=torch.float64)).numpy()
-            egokey_T_box = egokey_T_global @ global_T_box
-            centers.append(egokey_T_box[:3, 3])
-            rots.append(egokey_T_box[:3, :3])
+            world_T_box = pose_to_matrix(torch.tensor(ann["translation"], dtype=torch.float64),
+                                         torch.tensor(ann["rotation"], dtype=torch.float64)).numpy()
+            ego_T_box = ego_T_world @ world_T_box
+            centers.append(ego_T_box[:3, 3])
+            rots.append(ego_T_box[:3, :3])
             sizes.append(ann["size"])
             visible.append(ann["visibility_token"] != LOW_VISIBILITY_TOKEN)
         if not centers:
             return BoxSet.empty()
-        return BoxSet(np.array(centers), np.array(sizes, dtype=np.float64), np.array(rots), np.array(visible))
+        return BoxSet(np.array(centers), np.array(sizes, dtype=np.float64), np.array(rots),
+                      np.array(visible))
 
-    def _radar(self, sample: dict, egokey_T_global: np.ndarray, key_stamp_us: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xyzs, metas = [], []
+    def _sweeps_before(self, sd_token: str, stamp_ns: int) -> list[dict]:
+        """The channel's last data.radar_sweeps sweeps at or before stamp_ns, newest first,
+        found by walking the sample_data chain from the sample's own sweep."""
+        sd = self.nusc.get("sample_data", sd_token)
+        while sd["next"]:
+            nxt = self.nusc.get("sample_data", sd["next"])
+            if int(nxt["timestamp"]) * 1000 > stamp_ns:
+                break
+            sd = nxt
+        while int(sd["timestamp"]) * 1000 > stamp_ns and sd["prev"]:
+            sd = self.nusc.get("sample_data", sd["prev"])
+        if int(sd["timestamp"]) * 1000 > stamp_ns:
+            return []  # the scene's first sweep is already after the frame
+        sweeps = [sd]
+        while len(sweeps) < self.cfg.data.radar_sweeps and sweeps[-1]["prev"]:
+            sweeps.append(self.nusc.get("sample_data", sweeps[-1]["prev"]))
+        return sweeps
+
+    def _radar_sweeps(self, sample: dict, ego_T_world: torch.Tensor, stamp_ns: int) -> list[RadarSweep]:
+        out = []
         for channel in RADAR_CHANNELS:
             if channel not in sample["data"]:
                 continue
-            sd_token = sample["data"][channel]
-            for _ in range(self.cfg.data.radar_sweeps):
-                sd = self.nusc.get("sample_data", sd_token)
+            for sd in self._sweeps_before(sample["data"][channel], stamp_ns):
                 points = read_radar_pcd(self.dataroot / sd["filename"])
-                dt_s = (key_stamp_us - sd["timestamp"]) * 1e-6
-                xyz, meta = sweep_to_ego(points, egokey_T_global @ self._global_T_sensor(sd), dt_s)
-                xyzs.append(xyz)
-                metas.append(meta)
-                if not sd["prev"]:
-                    break  # fewer sweeps exist at the start of a scene
-                sd_token = sd["prev"]
-        if not xyzs:
-            return torch.zeros(0, 3), torch.zeros(0, 16)
-        return torch.cat(xyzs), torch.cat(metas)
+                out.append(RadarSweep(points, self._ego_T_sensor(sd, ego_T_world, True).numpy(),
+                                      sweep_lag_s(stamp_ns, int(sd["timestamp"]) * 1000)))
+        return out
+
+    def raw_frame(self, rec: FrameRecord) -> RawFrame:
+        """The record as the RawFrame the model's assembly takes (JPEG bytes read from disk)."""
+        cameras = []
+        for s, path in enumerate(rec.image_paths):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise DataFileError(f"image file '{path}' does not exist") from None
+            except OSError as e:
+                raise DataFileError(f"image file '{path}' cannot be read: {e}") from e
+            cameras.append(CameraInput(image=data, raw_hw=rec.raw_hw[s], pix_T_cam=rec.pix_T_cams[s],
+                                       ego_T_cam=rec.ego_T_cams[s], stamp_ns=rec.camera_stamps_ns[s],
+                                       origin=f"image file '{path}'"))
+        return RawFrame(names=tuple(self.cfg.input.cameras), cameras=cameras, radar=rec.radar,
+                        stamp_ns=rec.stamp_ns, token=rec.token)
 
     # ------------------------------------------------------------------ samples
     def augmentation(self, seed: int | None) -> AugmentationPlan:
@@ -238,51 +309,17 @@ class NuScenesBev(Dataset):
         return AugmentationPlan(ref, crops, drop)
 
     def targets(self, rec: FrameRecord, ref_index: int) -> Targets:
-        """BEV targets of a record with camera `ref_index` as the reference (cached)."""
-        key = (rec.token, ref_index)
-        t = self._targets.get(key)
-        if t is None:
-            ref_T_egokey = invert_rigid(rec.egokey_T_cams[ref_index].double()).numpy()
-            t = rasterize_targets(rec.boxes, ref_T_egokey, self.grid, self.cfg.data.center_sigma_cells)
-            self._targets.put(key, t)
-        return Targets(seg=t.seg.clone(), valid=t.valid.clone(), center=t.center.clone(), offset=t.offset.clone())
+        """BEV targets of a record with camera `ref_index` as the reference."""
+        ref_T_ego = invert_rigid(rec.ego_T_cams[ref_index]).numpy()
+        return rasterize_targets(rec.boxes, ref_T_ego, self.grid, self.cfg.data.center_sigma_cells)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         index, seed = (key, None) if isinstance(key, (int, np.integer)) else key
         plan = self.augmentation(seed)
         rec = self.record(self.tokens[int(index)])
-        half_pixel = self.cfg.model.pixel_convention == "exact"
-        images, Ks = [], []
-        for s, path in enumerate(rec.image_paths):
-            rc = plan.resize_crops[s]
-            image = resize_crop_image(load_image(path, rec.raw_hw[s], rc.resized_hw), rc)
-            images.append(torch.zeros_like(image) if plan.dropped[s] else image)
-            Ks.append(resize_crop_intrinsics(rec.pix_T_cams[s], rec.raw_hw[s], rc, half_pixel))
-        ref_T_egokey = invert_rigid(rec.egokey_T_cams[plan.ref_index])
-        radar = None
-        if rec.radar_xyz_ego is not None:
-            radar = radar_volume(self.cfg.model.radar, rec.radar_xyz_ego, rec.radar_meta_ego, ref_T_egokey, self.grid)
-        return Sample(
-            images=torch.stack(images), pix_T_cams=torch.stack(Ks),
-            ref_T_cams=ref_T_cams_from_ego(rec.egokey_T_cams, plan.ref_index), radar=radar,
-            targets=self.targets(rec, plan.ref_index), token=rec.token, cameras=tuple(self.cfg.input.cameras),
-            ref_camera=self.cfg.input.cameras[plan.ref_index], stamp_ns=rec.stamp_ns,
-        )
-
-
-def load_image(path: Path, raw_hw: tuple[int, int], target_hw: tuple[int, int]) -> torch.Tensor:
-    """Decode an image as (3, h, w) uint8 RGB. When the target is at most half the raw size, JPEG
-    decoding at 1/2, 1/4 or 1/8 resolution is used (much faster; pixel centres scale exactly as a
-    resize, so the caller's intrinsics, computed from the raw size, stay valid)."""
-    flag = cv2.IMREAD_COLOR
-    for factor, reduced in _REDUCED_FLAGS:
-        if raw_hw[0] % factor == 0 and raw_hw[1] % factor == 0 \
-                and raw_hw[0] // factor >= target_hw[0] and raw_hw[1] // factor >= target_hw[1]:
-            flag = reduced
-            break
-    if not path.is_file():
-        raise DataFileError(f"image file '{path}' does not exist")
-    bgr = cv2.imread(str(path), flag)
-    if bgr is None:
-        raise DataFileError(f"image file '{path}' cannot be decoded (corrupt or not an image)")
-    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
+        try:
+            sample = assemble(self.raw_frame(rec), self.cfg, plan.assembly(), self.grid)
+        except ImageDecodeError as e:
+            raise DataFileError(str(e)) from e
+        sample.targets = self.targets(rec, plan.ref_index)
+        return sample

@@ -1,5 +1,5 @@
-"""nuScenes radar files: read the raw points (no devkit filters) and bring one sweep into the
-keyframe's ego frame.
+"""nuScenes radar files: read the raw points (no devkit filters). Bringing sweeps into the
+frame's ego frame is simplebev_core.radar's job (shared with the ROS node).
 
 The devkit's `RadarPointCloud` filters points through class-level globals; reading the PCD
 ourselves keeps every point (upstream's published setting, `use_radar_filters=False`) without
@@ -10,16 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from simplebev_core.geometry import apply_4x4
-from simplebev_core.preprocess import rotate_velocities
+from simplebev_core.radar import NUSCENES_RADAR_FIELDS
 
-# nuScenes radar PCD field order: x, y, z, then the 15 meta fields (META_RADAR_FIELDS minus dt).
-RADAR_FIELDS = (
-    "x", "y", "z", "dyn_prop", "id", "rcs", "vx", "vy", "vx_comp", "vy_comp", "is_quality_valid",
-    "ambig_state", "x_rms", "y_rms", "invalid_state", "pdh0", "vx_rms", "vy_rms",
-)
+RADAR_FIELDS = NUSCENES_RADAR_FIELDS
 _PCD_TYPES = {("F", 4): "<f4", ("F", 8): "<f8", ("I", 1): "i1", ("I", 2): "<i2", ("I", 4): "<i4",
               ("U", 1): "u1", ("U", 2): "<u2", ("U", 4): "<u4"}
 
@@ -63,20 +57,3 @@ def read_radar_pcd(path: str | Path) -> np.ndarray:
     except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
         raise DataFileError(f"radar file '{path}' is corrupt or not a nuScenes radar PCD: {e}") from e
     return np.stack([data[f].astype(np.float32) for f in RADAR_FIELDS], axis=1) if n else np.zeros((0, 18), np.float32)
-
-
-def sweep_to_ego(points_sensor: np.ndarray, egokey_T_sensor: np.ndarray, dt_s: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One radar sweep -> keyframe ego frame.
-
-    points_sensor:   (N, 18) RADAR_FIELDS, sensor frame (x forward, y left, z up)
-    egokey_T_sensor: (4, 4) sensor at its capture time -> ego at the keyframe time
-                     (= egokey_T_global @ global_T_egosweep @ egosweep_T_sensor: motion compensation)
-    dt_s:            how long before the keyframe the sweep was taken, seconds (>= 0)
-    returns xyz_ego (N, 3) and meta_ego (N, 16) (preprocess.META_RADAR_FIELDS, velocities as
-    keyframe-ego (x, y) components).
-    """
-    pts = torch.from_numpy(np.ascontiguousarray(points_sensor, dtype=np.float32))
-    T = torch.from_numpy(np.asarray(egokey_T_sensor, dtype=np.float64))
-    xyz_ego = apply_4x4(T, pts[:, :3].double()).float()
-    meta = torch.cat([pts[:, 3:], torch.full((len(pts), 1), float(dt_s))], dim=1)  # (N, 16)
-    return xyz_ego, rotate_velocities(meta, T[:3, :3].float(), (0, 1))

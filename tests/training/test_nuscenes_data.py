@@ -60,7 +60,7 @@ def test_augmented_geometry_and_targets_agree_with_rendered_pixels(train_set, sy
             plan = train_set.augmentation(seed)
             rec = train_set.record(s.token)
             sample = nusc.get("sample", s.token)
-            ref_T_ego = invert_rigid(rec.egokey_T_cams[plan.ref_index])
+            ref_T_ego = invert_rigid(rec.ego_T_cams[plan.ref_index].float())
             for k in range(len(rec.boxes)):
                 if not rec.boxes.visible[k]:
                     continue
@@ -101,7 +101,7 @@ def test_missing_and_corrupt_files_are_named(train_set, synthetic_dataroot, tmp_
     backup = path.read_bytes()
     try:
         path.write_bytes(b"not a jpeg")
-        train_set._records = type(train_set._records)(10)
+        train_set.records.clear()
         with pytest.raises(DataFileError, match=str(path.name)):
             train_set[0]
         path.unlink()

@@ -11,12 +11,13 @@ import torch
 from simplebev_core.config import GridConfig
 from simplebev_core.geometry import apply_4x4, intrinsics_matrix, invert_rigid, project_to_pixels
 from simplebev_core.preprocess import (
-    ResizeCrop, meta_radar_to_ref, radar_volume, ref_T_cams_from_ego, resize_crop_image, resize_crop_intrinsics,
-    voxelize_meta_radar,
+    ResizeCrop, ref_T_cams_from_ego, resize_crop_image, resize_crop_intrinsics,
+)
+from simplebev_core.radar import (
+    RadarSweep, meta_radar_to_ref, radar_volume, sweep_to_ego, voxelize_meta_radar,
 )
 from simplebev_core.sample import Sample, Targets, collate
 from simplebev_core.voxel import VoxelGrid
-from training.radar_io import sweep_to_ego
 
 # Optical frame axes in ego: x_cam = -y_ego, y_cam = -z_ego, z_cam = x_ego (a forward camera).
 EGO_R_FWD = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
@@ -122,7 +123,8 @@ def test_sweep_motion_compensation_and_sensor_velocity_rotation():
     points = np.zeros((1, 18), np.float32)
     points[0, :3] = (10.0, 1.0, 0.5)  # 10 m behind the car, 1 m to its right
     points[0, 6:8] = (4.0, 0.0)  # moving away from the radar (backwards in ego)
-    xyz, meta = sweep_to_ego(points, (egokey_T_egosweep @ ego_T_sensor).numpy(), dt_s=0.1)
+    moved = sweep_to_ego(RadarSweep(points, (egokey_T_egosweep @ ego_T_sensor).numpy(), dt_s=0.1))
+    xyz, meta = moved.xyz_ego, moved.meta_ego
     assert torch.allclose(xyz, torch.tensor([[-13.0, -1.0, 0.5]]), atol=1e-5)
     assert torch.allclose(meta[0, [3, 4]], torch.tensor([-4.0, 0.0]), atol=1e-6)
     assert meta[0, 15] == pytest.approx(0.1)

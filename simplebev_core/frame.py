@@ -1,0 +1,137 @@
+"""One multi-camera frame as a data source delivers it -> the `Sample` the model is fed.
+
+The nuScenes loader (training/) and the ROS node (simplebev_ros/) both describe what they have
+as a `RawFrame` (encoded or decoded images, raw intrinsics, per-camera extrinsics into the
+frame's ego frame, accumulated radar points) and call `assemble`: decoding, resize/crop,
+intrinsics, reference-frame extrinsics and the radar volume happen here once, so the node
+feeds the model exactly what training did.
+
+Camera extrinsics and ego motion (`input.camera_poses`): the six cameras of a rig fire at
+slightly different times (nuScenes: spread over ~0.05 s, up to ~0.7 m of travel at 50 km/h).
+- `capture_time`: each camera's pose at its own capture time, expressed in the ego frame at the
+  frame stamp (ego_T_world @ world_T_ego(t_cam) @ ego_T_cam). Geometrically right on a moving
+  vehicle; the extrinsics change every frame, so the node runs the lift without its cached
+  lookup table. The project's default, and what the loader always did.
+- `static`: the rig calibration (ego_T_cam) alone, all cameras treated as one instant, as
+  upstream trained its released checkpoints. Constant extrinsics: the node caches the lift's
+  lookup table (`LiftTable`) for the rig and reuses it every frame.
+Sources build `ego_T_cam` according to this key; `assemble` uses what it is given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import CAMERA_POSES, SimpleBevConfig  # noqa: F401 (re-exported)
+from .geometry import invert_rigid
+from .image_decode import decode_image
+from .preprocess import ResizeCrop, ref_T_cams_from_ego, resize_crop_image, resize_crop_intrinsics
+from .radar import RadarPoints, radar_volume
+from .sample import Sample
+from .voxel import VoxelGrid
+
+
+@dataclass
+class CameraInput:
+    """One camera of a frame.
+
+    image:     encoded JPEG/PNG bytes, or a decoded (3, H, W) uint8 RGB tensor at the raw size,
+               or None when the camera is missing (fed as a black image)
+    raw_hw:    (H, W) of the raw image, which `pix_T_cam` refers to
+    pix_T_cam: (4, 4) intrinsics of the raw image
+    ego_T_cam: (4, 4) camera optical frame -> the frame's ego frame (see input.camera_poses)
+    stamp_ns:  capture time, integer nanoseconds
+    origin:    where the image came from (a file path, a topic), for error messages
+    """
+
+    image: bytes | Tensor | None
+    raw_hw: tuple[int, int]
+    pix_T_cam: Tensor
+    ego_T_cam: Tensor
+    stamp_ns: int = 0
+    origin: str = "image"
+
+
+@dataclass
+class RawFrame:
+    """Everything the model needs from one moment, before any preprocessing.
+
+    cameras:  CameraInput per name in `names` (the config's input.cameras order)
+    radar:    accumulated radar points in the ego frame, or None (camera-only)
+    stamp_ns: the frame's stamp, integer nanoseconds (the ego frame is the vehicle at this time)
+    """
+
+    names: tuple[str, ...]
+    cameras: list[CameraInput]
+    radar: RadarPoints | None = None
+    stamp_ns: int = 0
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class AssemblyPlan:
+    """Per-frame choices: reference camera slot, per-camera resize-crop, cameras blanked."""
+
+    ref_index: int
+    resize_crops: tuple[ResizeCrop, ...]
+    dropped: tuple[bool, ...] = field(default=())
+
+    @staticmethod
+    def plain(cfg: SimpleBevConfig) -> "AssemblyPlan":
+        """Evaluation and inference: the configured reference camera, plain resize, no dropout."""
+        cams = cfg.input.cameras
+        final_hw = (cfg.input.image_height, cfg.input.image_width)
+        return AssemblyPlan(cams.index(cfg.input.ref_camera),
+                            (ResizeCrop.plain(final_hw),) * len(cams), (False,) * len(cams))
+
+
+def camera_image(cam: CameraInput, rc: ResizeCrop) -> Tensor:
+    """One camera's (3, H, W) float32 network input in [0, 1] under a resize-crop."""
+    if cam.image is None:
+        return torch.zeros((3,) + tuple(rc.final_hw), dtype=torch.float32)
+    if isinstance(cam.image, Tensor):
+        raw = cam.image
+        if tuple(raw.shape) != (3,) + tuple(cam.raw_hw):
+            raise ValueError(f"{cam.origin}: image of shape {tuple(raw.shape)} for raw size "
+                             f"{cam.raw_hw} (image size changed, or CameraInfo does not match)")
+    else:
+        raw = decode_image(cam.image, cam.raw_hw, rc.resized_hw, cam.origin)
+    return resize_crop_image(raw, rc)
+
+
+def assemble(frame: RawFrame, cfg: SimpleBevConfig, plan: AssemblyPlan | None = None,
+             grid: VoxelGrid | None = None) -> Sample:
+    """RawFrame -> Sample (without targets) under `plan` (default: `AssemblyPlan.plain`)."""
+    plan = plan or AssemblyPlan.plain(cfg)
+    if tuple(frame.names) != tuple(cfg.input.cameras):
+        raise ValueError(f"frame cameras {list(frame.names)} differ from input.cameras "
+                         f"{list(cfg.input.cameras)}")
+    half_pixel = cfg.model.pixel_convention == "exact"
+    dropped = plan.dropped or (False,) * len(frame.cameras)
+    images, Ks = [], []
+    for s, cam in enumerate(frame.cameras):
+        rc = plan.resize_crops[s]
+        image = camera_image(cam, rc)
+        images.append(torch.zeros_like(image) if dropped[s] else image)
+        Ks.append(resize_crop_intrinsics(cam.pix_T_cam.float(), cam.raw_hw, rc, half_pixel))
+    ego_T_cams = torch.stack([cam.ego_T_cam.float() for cam in frame.cameras])
+    radar = None
+    if cfg.model.radar != "none":
+        points = frame.radar if frame.radar is not None else RadarPoints.empty()
+        ref_T_ego = invert_rigid(ego_T_cams[plan.ref_index])
+        radar = radar_volume(cfg.model.radar, points.xyz_ego, points.meta_ego, ref_T_ego,
+                             grid or VoxelGrid(cfg.grid))
+    return Sample(
+        images=torch.stack(images), pix_T_cams=torch.stack(Ks),
+        ref_T_cams=ref_T_cams_from_ego(ego_T_cams, plan.ref_index), radar=radar,
+        token=frame.token, cameras=tuple(frame.names), ref_camera=frame.names[plan.ref_index],
+        stamp_ns=frame.stamp_ns,
+    )
+
+
+def stack_ego_T_cams(frame: RawFrame) -> np.ndarray:
+    """(S, 4, 4) float64 ego_T_cams of a frame (e.g. to key a cached lift table)."""
+    return np.stack([cam.ego_T_cam.double().numpy() for cam in frame.cameras])

@@ -1,0 +1,192 @@
+"""Radar for the model: the nuScenes point layout, sweep accumulation with motion compensation,
+and the model's radar volume (meta-radar or occupancy). The meta-radar channel layout is
+written down here and only here; the loader, the ROS node and the in-model flips import it.
+
+Frames: a radar `sensor` frame (x forward, y left, z up), `ego` the vehicle frame at the frame's
+stamp (x forward, y left, z up), `ref` the reference camera's optical frame (X right, Y down,
+Z forward), `mem` voxel coordinates of the grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .geometry import apply_4x4
+from .voxel import VoxelGrid
+
+# A nuScenes radar point (PCD files, and the 18-field PointCloud2 of nuScenes bags), in order.
+NUSCENES_RADAR_FIELDS = (
+    "x", "y", "z", "dyn_prop", "id", "rcs", "vx", "vy", "vx_comp", "vy_comp",
+    "is_quality_valid", "ambig_state", "x_rms", "y_rms", "invalid_state", "pdh0", "vx_rms",
+    "vy_rms",
+)
+# Meta-radar channels: the 15 fields after x, y, z, then the sweep's time lag behind the frame
+# stamp (seconds, >= 0). In the ego frame the velocity pairs hold (x, y) components; after
+# `meta_radar_to_ref` they hold (along ref X, along ref Z), the BEV axes the flips act on.
+META_RADAR_FIELDS = NUSCENES_RADAR_FIELDS[3:] + ("dt",)
+META_RADAR_CHANNELS = len(META_RADAR_FIELDS)
+VELOCITY_CHANNEL_PAIRS = (
+    (META_RADAR_FIELDS.index("vx"), META_RADAR_FIELDS.index("vy")),
+    (META_RADAR_FIELDS.index("vx_comp"), META_RADAR_FIELDS.index("vy_comp")),
+)
+META_VELOCITY_X_CHANNELS = tuple(pair[0] for pair in VELOCITY_CHANNEL_PAIRS)
+META_VELOCITY_Z_CHANNELS = tuple(pair[1] for pair in VELOCITY_CHANNEL_PAIRS)
+RCS_CHANNEL = META_RADAR_FIELDS.index("rcs")
+DT_CHANNEL = META_RADAR_FIELDS.index("dt")
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class RadarSweep:
+    """One radar sweep, ready to be brought into the frame's ego frame.
+
+    points_sensor: (N, 18) float32 NUSCENES_RADAR_FIELDS in the sensor frame (fields a plain
+                   x, y, z cloud lacks are 0)
+    ego_T_sensor:  (4, 4) float64, the sensor at its capture time -> the ego frame at the frame
+                   stamp (= ego_T_world @ world_T_egosweep @ egosweep_T_sensor: this product is
+                   the motion compensation)
+    dt_s:          how long before the frame stamp the sweep was taken, seconds (>= 0)
+    """
+
+    points_sensor: np.ndarray
+    ego_T_sensor: np.ndarray
+    dt_s: float
+
+
+@dataclass
+class RadarPoints:
+    """Accumulated radar points of one frame in its ego frame.
+
+    xyz_ego:  (N, 3) float32 positions
+    meta_ego: (N, 16) float32 META_RADAR_FIELDS, velocities as ego (x, y) components
+    """
+
+    xyz_ego: Tensor
+    meta_ego: Tensor
+
+    @staticmethod
+    def empty() -> "RadarPoints":
+        return RadarPoints(torch.zeros(0, 3), torch.zeros(0, META_RADAR_CHANNELS))
+
+
+def rotate_velocities(meta: Tensor, a_R_b: Tensor, out_axes: tuple[int, int]) -> Tensor:
+    """Rotate the planar velocity channels of meta-radar points from frame b to frame a.
+
+    meta:     (N, 16) with the VELOCITY_CHANNEL_PAIRS holding (x, y) components in frame b
+              (nuScenes radars and the ego frame are planar: the z component is taken as 0)
+    a_R_b:    (3, 3) rotation b -> a
+    out_axes: which axes of a to keep, e.g. (0, 1) for ego x/y, (0, 2) for ref X/Z
+    returns a copy with those channels replaced by the components along a's `out_axes`.
+    """
+    out = meta.clone()
+    R = a_R_b.to(meta.dtype)
+    for cx, cy in VELOCITY_CHANNEL_PAIRS:
+        v_b = torch.stack([meta[:, cx], meta[:, cy], torch.zeros_like(meta[:, cx])], dim=-1)
+        v_a = v_b @ R.T  # (N, 3)
+        out[:, cx], out[:, cy] = v_a[:, out_axes[0]], v_a[:, out_axes[1]]
+    return out
+
+
+def sweep_to_ego(sweep: RadarSweep) -> RadarPoints:
+    """One sweep -> its points and meta-radar features in the frame's ego frame."""
+    pts = torch.from_numpy(np.ascontiguousarray(sweep.points_sensor, dtype=np.float32))
+    if pts.dim() != 2 or pts.shape[1] != len(NUSCENES_RADAR_FIELDS):
+        raise ValueError(f"radar sweep: expected (N, {len(NUSCENES_RADAR_FIELDS)}) points, "
+                         f"got {tuple(pts.shape)}")
+    T = torch.from_numpy(np.asarray(sweep.ego_T_sensor, dtype=np.float64))
+    xyz_ego = apply_4x4(T, pts[:, :3].double()).float()
+    lag = torch.full((len(pts), 1), float(sweep.dt_s))
+    meta = torch.cat([pts[:, 3:], lag], dim=1)  # (N, 16)
+    return RadarPoints(xyz_ego, rotate_velocities(meta, T[:3, :3].float(), (0, 1)))
+
+
+def accumulate_sweeps(sweeps: Iterable[RadarSweep]) -> RadarPoints:
+    """All sweeps of all radars of one frame, each motion-compensated, concatenated in order."""
+    parts = [sweep_to_ego(s) for s in sweeps]
+    if not parts:
+        return RadarPoints.empty()
+    return RadarPoints(torch.cat([p.xyz_ego for p in parts]), torch.cat([p.meta_ego for p in parts]))
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def meta_radar_to_ref(xyz_ego: Tensor, meta_ego: Tensor, ref_T_ego: Tensor) -> tuple[Tensor, Tensor]:
+    """Move radar points and their velocities from ego into the reference frame.
+
+    xyz_ego:  (N, 3) positions
+    meta_ego: (N, 16) META_RADAR_FIELDS, velocities as ego (x, y) components
+    returns xyz_ref (N, 3) and meta_ref (N, 16) with velocities as (along ref X, along ref Z).
+    """
+    ref_T_ego = ref_T_ego.to(xyz_ego.dtype)
+    return apply_4x4(ref_T_ego, xyz_ego), rotate_velocities(meta_ego, ref_T_ego[:3, :3], (0, 2))
+
+
+def _voxel_index(xyz_ref: Tensor, grid: VoxelGrid) -> tuple[Tensor, Tensor]:
+    """Nearest voxel of each point: (flat index (M,), kept point indices (M,)) for in-grid points."""
+    mem = grid.ref_to_mem(xyz_ref.float())
+    keep = grid.inbounds_mem(mem).nonzero()[:, 0]
+    ijk = mem[keep].round().long()  # (M, 3) x, y, z
+    flat = (ijk[:, 2] * grid.Y + ijk[:, 1]) * grid.X + ijk[:, 0]
+    return flat, keep
+
+
+def voxelize_meta_radar(xyz_ref: Tensor, meta_ref: Tensor, grid: VoxelGrid) -> Tensor:
+    """Meta-radar points -> (16, Z, Y, X).
+
+    xyz_ref (N, 3), meta_ref (N, 16); points may be any number (no padding). Each point goes to
+    its nearest voxel; where several share one, the voxel takes the features of the most recent
+    point (smallest dt), then the strongest (largest rcs), then the first in input order. This is
+    deterministic (upstream: last write after a random permutation). Empty voxels are 0.
+    """
+    Z, Y, X = grid.Z, grid.Y, grid.X
+    out = torch.zeros(META_RADAR_CHANNELS, Z * Y * X, dtype=torch.float32)
+    flat, keep = _voxel_index(xyz_ref, grid)
+    if keep.numel():
+        feats = meta_ref[keep].float()
+        # Lexicographic order (voxel, dt, -rcs, input order) by stable sorts, least significant first.
+        order = torch.arange(keep.numel())
+        for key in (-feats[:, RCS_CHANNEL], feats[:, DT_CHANNEL], flat):
+            order = order[torch.sort(key[order], stable=True).indices]
+        flat_sorted = flat[order]
+        first = torch.ones_like(flat_sorted, dtype=torch.bool)
+        first[1:] = flat_sorted[1:] != flat_sorted[:-1]
+        winners = order[first]
+        out[:, flat[winners]] = feats[winners].T
+    return out.reshape(META_RADAR_CHANNELS, Z, Y, X)
+
+
+def voxelize_occupancy(xyz_ref: Tensor, grid: VoxelGrid) -> Tensor:
+    """Points (N, 3) in ref -> (1, Z, Y, X), 1 in every voxel holding at least one point."""
+    out = torch.zeros(grid.Z * grid.Y * grid.X, dtype=torch.float32)
+    flat, _ = _voxel_index(xyz_ref, grid)
+    out[flat] = 1.0
+    return out.reshape(1, grid.Z, grid.Y, grid.X)
+
+
+def radar_volume(mode: str, xyz_ego: Tensor, meta_ego: Tensor, ref_T_ego: Tensor,
+                 grid: VoxelGrid) -> Tensor | None:
+    """The model's radar input for model.radar `mode` ('none' -> None, 'occupancy', 'meta').
+
+    xyz_ego (N, 3), meta_ego (N, 16) with ego-frame (x, y) velocities; ref_T_ego (4, 4).
+    """
+    if mode == "none":
+        return None
+    xyz_ref, meta_ref = meta_radar_to_ref(xyz_ego, meta_ego, ref_T_ego)
+    if mode == "occupancy":
+        return voxelize_occupancy(xyz_ref, grid)
+    if mode == "meta":
+        return voxelize_meta_radar(xyz_ref, meta_ref, grid)
+    raise ValueError(f"radar mode '{mode}' is not one of none, occupancy, meta")
+
+
+def sweep_lag_s(frame_stamp_ns: int, sweep_stamp_ns: int) -> float:
+    """The meta-radar time-lag channel: how long before the frame the sweep was taken, seconds.
+    Integer nanoseconds in, so every data source computes the same float."""
+    return (int(frame_stamp_ns) - int(sweep_stamp_ns)) * 1e-9
