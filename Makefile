@@ -15,7 +15,7 @@ setup: $(ROS_STAMP)
 $(STAMP): setup.py constraints.txt requirements-test.txt requirements-ros.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -r requirements-test.txt \
-		-r requirements-ros.txt -e '.[training]' 2>&1 \
+		-r requirements-ros.txt -e '.[training,deploy]' 2>&1 \
 		| grep -v 'is ignored: it is neither a file nor a directory' || true
 	$(PY) -c "import torch, torchvision, nuscenes, yaml, rclpy, rosbags, mcap_ros2"
 	@touch $(STAMP)

@@ -25,6 +25,13 @@ setup(
             "tensorboard>=2.10",
             "tqdm>=4.60",
         ],
+        # Deployment (simplebev_core.export / .backends): ONNX export, CPU runtimes.
+        # TensorRT is not listed: it comes with the CUDA stack of the target machine.
+        "deploy": [
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+            "openvino>=2024.0",
+        ],
     },
     data_files=[("share/simplebev/config", ["config/simplebev.yaml"])],
 )

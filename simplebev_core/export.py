@@ -1,0 +1,386 @@
+"""Export the Segnet for one fixed rig calibration to ONNX, in standard ops only.
+
+    python -m simplebev_core.export --checkpoint PATH --params-file config.yaml \
+        --calibration rig.yaml --out model.onnx [--dtype fp32|fp16] [--radar] [--uint8-images]
+
+Upstream's 5-D `grid_sample` lift does not export; for a static rig it does not need to. The
+lift is the project's `LiftTable` (the sparse bilinear map of one calibration), re-laid per
+camera as constants: for the voxels camera s sees, the feature pixels of their four bilinear
+corners and the corner weights, already divided by the voxel's camera count. In the graph,
+per camera: Gather the corner pixels, multiply by the weights and sum (Mul, ReduceSum), then
+add into the volume at those voxels (Gather, Add, ScatterND without reduction: a camera sees
+each voxel at most once). No custom op and no 5-D GridSample; InstanceNorm is the standard
+InstanceNormalization. RepLK blocks are re-parameterised (fused) before export.
+
+Graph inputs: `images` (B, S, 3, H, W) float in [0, 1] (or uint8 with --uint8-images) and,
+for a radar model, `radar` (B, 16 or 1, Z, Y, X); outputs `segmentation` (B, 1, Z, X), `center`
+(B, 1, Z, X), `offset` (B, 2, Z, X). The batch axis is dynamic. The file's metadata_props
+record the calibration (and its hash), the config, the weights' hash and the dtype; loading it
+against another calibration is refused (`check_calibration`).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .calibration import CalibrationError, RigCalibration, check_cameras, from_dict, model_inputs
+from .calibration import load as load_calibration
+from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint
+from .config import ConfigError, SimpleBevConfig, config_from_dict, config_to_dict, load_config
+from .lift import LiftTable
+from .model import Segnet, build_model
+from .replk import reparameterize_model
+
+EXPORT_FORMAT = "simplebev-onnx"
+EXPORT_VERSION = 1
+OPSET = 17
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+OUTPUT_NAMES = ("segmentation", "center", "offset")
+EXIT_USAGE = 2
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked (inconsistent config, unsupported option)."""
+
+
+class MissingPackageError(ImportError):
+    """An optional deployment package (onnx, onnxruntime, openvino, tensorrt) is not installed."""
+
+
+class CalibrationMismatchError(CalibrationError):
+    """An exported model was built for another rig calibration than the one it is used with."""
+
+
+def require(module: str, purpose: str) -> Any:
+    """Import an optional package, or raise MissingPackageError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingPackageError(f"{module} is not installed ({purpose} needs it): "
+                                  f"pip install -e '.[deploy]' ({type(e).__name__}: {e})") from e
+
+
+# ----------------------------------------------------------------------------- the lift
+
+
+class GatherLift(nn.Module):
+    """A LiftTable as per-camera gather-and-weight constants: feats (B, S, C, Hf, Wf) ->
+    volume (B, C, Z, Y, X), equal to the table up to float rounding (summation order).
+
+    Buffers per camera s that sees any voxel: `voxels_s` (n,) flat voxel indices, `pixels_s`
+    (4n,) indices into the (S*Hf*Wf) feature pixels, `weights_s` (n, 4, 1); unused corner slots
+    point at pixel 0 with weight 0.
+    """
+
+    def __init__(self, table: LiftTable):
+        super().__init__()
+        self.num_cameras, self.feat_hw = table.num_cameras, table.feat_hw
+        self.zyx = (table.grid.Z, table.grid.Y, table.grid.X)
+        self.cameras: list[int] = []
+        for s, (voxels, pixels, weights) in enumerate(per_camera_entries(table)):
+            if voxels.numel():
+                self.cameras.append(s)
+                self.register_buffer(f"voxels_{s}", voxels)
+                self.register_buffer(f"pixels_{s}", pixels.reshape(-1))
+                self.register_buffer(f"weights_{s}", weights[..., None])
+
+    def forward(self, feats: Tensor) -> Tensor:
+        B, S, C, Hf, Wf = feats.shape
+        Z, Y, X = self.zyx
+        dense = feats.permute(1, 3, 4, 0, 2).reshape(S * Hf * Wf, B * C)  # pixel-major
+        volume = dense.new_zeros(Z * Y * X, B * C)
+        for s in self.cameras:
+            voxels = getattr(self, f"voxels_{s}")
+            corners = dense.index_select(0, getattr(self, f"pixels_{s}")).reshape(-1, 4, B * C)
+            values = (corners * getattr(self, f"weights_{s}")).sum(1)  # (n, B*C)
+            # index_put without accumulation exports as a plain ScatterND (what every runtime,
+            # TensorRT included, supports); the indices are unique within one camera.
+            volume = volume.index_put((voxels,), volume.index_select(0, voxels) + values)
+        return volume.reshape(Z, Y, X, B, C).permute(3, 4, 0, 1, 2)
+
+
+def per_camera_entries(table: LiftTable) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The table's non-zeros grouped by camera and voxel, four corner slots per voxel.
+
+    Returns per camera (voxels (n,) int64, pixels (n, 4) int64, weights (n, 4) float32).
+    """
+    coo = table.weights.to_sparse_coo().coalesce().cpu()  # sorted by (voxel, pixel)
+    rows, cols = coo.indices()
+    vals = coo.values().float()
+    per_cam = table.feat_hw[0] * table.feat_hw[1]
+    out = []
+    for s in range(table.num_cameras):
+        keep = (cols // per_cam) == s
+        r, c, v = rows[keep], cols[keep], vals[keep]
+        voxels, counts = torch.unique_consecutive(r, return_counts=True)
+        if counts.numel() and int(counts.max()) > 4:
+            raise ExportError(f"lift table: a voxel has {int(counts.max())} samples in camera {s} (at most 4)")
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(r.numel()) - torch.repeat_interleave(starts, counts)
+        group = torch.repeat_interleave(torch.arange(voxels.numel()), counts)
+        pixels = torch.zeros(voxels.numel(), 4, dtype=torch.long)
+        weights = torch.zeros(voxels.numel(), 4, dtype=torch.float32)
+        pixels[group, slot], weights[group, slot] = c, v
+        out.append((voxels, pixels, weights))
+    return out
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class FixedRigSegnet(nn.Module):
+    """The Segnet's inference path for one rig: forward(images[, radar]) -> (segmentation,
+    center, offset). Mirrors Segnet.forward in eval mode with a lift table (tested equal).
+
+    images (B, S, 3, H, W) float in [0, 1], or uint8 in [0, 255] with uint8_images.
+    """
+
+    def __init__(self, model: Segnet, lift: GatherLift, uint8_images: bool = False):
+        super().__init__()
+        self.model, self.lift, self.uint8_images = model, lift, uint8_images
+
+    def forward(self, images: Tensor, radar: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        m = self.model
+        B, S = images.shape[:2]
+        x = images.to(m.mean.dtype) / 255.0 if self.uint8_images else images
+        feats = m.encoder(((x - m.mean) / m.std).flatten(0, 1))  # (B*S, C, Hf, Wf)
+        feats = feats.reshape(B, S, *feats.shape[1:])
+        out = m.decoder(m.compress(self.lift(feats), radar))
+        return out.segmentation, out.center, out.offset
+
+
+def fixed_rig_model(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration,
+                    dtype: str = "fp32", uint8_images: bool = False) -> FixedRigSegnet:
+    """A re-parameterised eval-mode copy of `model` with the lift of `calibration` baked in
+    (the caller's model is not modified)."""
+    check_consistent(model, cfg)
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype '{dtype}' is not one of {sorted(DTYPES)}")
+    pix_T_cams, ref_T_cams = model_inputs(calibration, cfg)
+    table = model.make_lift_table(pix_T_cams, ref_T_cams, (cfg.input.image_height, cfg.input.image_width))
+    copied = copy.deepcopy(model).cpu().eval()
+    reparameterize_model(copied)
+    return FixedRigSegnet(copied, GatherLift(table), uint8_images).to(DTYPES[dtype]).eval()
+
+
+def check_consistent(model: Segnet, cfg: SimpleBevConfig) -> None:
+    """The config must describe the network the model is (model and grid sections)."""
+    for section in ("model", "grid"):
+        mine, theirs = getattr(model.cfg, section), getattr(cfg, section)
+        if section == "model":  # whether ImageNet weights were loaded at construction is moot here
+            mine, theirs = replace(mine, encoder_pretrained=False), replace(theirs, encoder_pretrained=False)
+        if mine != theirs:
+            raise ExportError(f"config section '{section}' differs from the one the model was built with")
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What an exported file records about itself (ONNX metadata_props `simplebev.*`)."""
+
+    calibration_hash: str
+    calibration: dict
+    config: dict
+    model_hash: str
+    dtype: str
+    uint8_images: bool
+    radar: str
+
+    def to_props(self) -> dict[str, str]:
+        return {"simplebev.format": EXPORT_FORMAT, "simplebev.version": str(EXPORT_VERSION),
+                "simplebev.calibration_hash": self.calibration_hash,
+                "simplebev.calibration": json.dumps(self.calibration),
+                "simplebev.config": json.dumps(self.config), "simplebev.model_hash": self.model_hash,
+                "simplebev.dtype": self.dtype, "simplebev.uint8_images": str(int(self.uint8_images)),
+                "simplebev.radar": self.radar}
+
+    @staticmethod
+    def from_props(props: dict[str, str], where: str) -> "ExportMetadata":
+        if props.get("simplebev.format") != EXPORT_FORMAT or props.get("simplebev.version") != str(EXPORT_VERSION):
+            raise ExportError(f"'{where}' is not a {EXPORT_FORMAT} v{EXPORT_VERSION} file (no or other "
+                              "simplebev.* metadata); export it with python -m simplebev_core.export")
+        try:
+            return ExportMetadata(
+                calibration_hash=props["simplebev.calibration_hash"],
+                calibration=json.loads(props["simplebev.calibration"]),
+                config=json.loads(props["simplebev.config"]), model_hash=props["simplebev.model_hash"],
+                dtype=props["simplebev.dtype"], uint8_images=props["simplebev.uint8_images"] == "1",
+                radar=props["simplebev.radar"])
+        except (KeyError, json.JSONDecodeError) as e:
+            raise ExportError(f"'{where}': simplebev metadata incomplete or corrupt ({e})") from None
+
+    @property
+    def cfg(self) -> SimpleBevConfig:
+        return config_from_dict(self.config)
+
+    @property
+    def rig(self) -> RigCalibration:
+        return from_dict(self.calibration)
+
+
+def read_metadata(path: str | Path) -> ExportMetadata:
+    """The simplebev metadata of an exported .onnx file."""
+    onnx = require("onnx", "reading an exported model")
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"exported model '{path}' does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the file is torn or not ONNX
+        raise ExportError(f"exported model '{path}' cannot be read as ONNX ({type(e).__name__}: {e})") from e
+    return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
+
+
+def check_calibration(meta: ExportMetadata, calibration: RigCalibration, where: str) -> None:
+    """Refuse to use an exported model with a calibration other than the one it was built for."""
+    if meta.calibration_hash != calibration.hash:
+        raise CalibrationMismatchError(
+            f"'{where}' was exported for calibration {meta.calibration_hash[:12]}, but this rig's calibration "
+            f"is {calibration.hash[:12]}: the lift is baked into the file, so re-export it for this rig")
+
+
+def model_hash(model: nn.Module) -> str:
+    """sha256 over the state_dict (names, dtypes, shapes, bytes): identifies the weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(getattr(model, "module", model).state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_onnx(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration, out: str | Path,
+                dtype: str = "fp32", uint8_images: bool = False, weights_hash: str | None = None) -> ExportMetadata:
+    """Write `model` for this rig to `out` (atomically) and return the metadata it records.
+
+    `weights_hash` defaults to model_hash(model) (pass it when already known).
+    """
+    onnx = require("onnx", "exporting to ONNX")
+    net = fixed_rig_model(model, cfg, calibration, dtype, uint8_images)
+    meta = ExportMetadata(calibration_hash=calibration.hash, calibration=calibration.to_dict(),
+                          config=config_to_dict(cfg), model_hash=weights_hash or model_hash(model),
+                          dtype=dtype, uint8_images=uint8_images, radar=cfg.model.radar)
+    args, input_names = example_inputs(cfg, dtype, uint8_images), ["images"]
+    if len(args) == 2:
+        input_names.append("radar")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is the one that runs without onnxscript; it warns that a newer
+        # one exists, and tracing warns about shape-derived Python ints (sizes are fixed here).
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # InstanceNorm without running statistics normalises by the input's own statistics in
+        # eval mode too, which is what the exporter's "train=True" note says it does.
+        warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
+        with torch.no_grad():
+            torch.onnx.export(net, args, buffer, dynamo=False, opset_version=OPSET, input_names=input_names,
+                              output_names=list(OUTPUT_NAMES),
+                              dynamic_axes={name: {0: "B"} for name in input_names + list(OUTPUT_NAMES)})
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in meta.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    _atomic_write(Path(out), proto.SerializeToString())
+    return meta
+
+
+def example_inputs(cfg: SimpleBevConfig, dtype: str = "fp32", uint8_images: bool = False,
+                   batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
+    """Random (images[, radar]) of the exported graph's input shapes and dtypes."""
+    g = torch.Generator().manual_seed(seed)
+    S, H, W = len(cfg.input.cameras), cfg.input.image_height, cfg.input.image_width
+    images = torch.rand(batch, S, 3, H, W, generator=g)
+    images = (images * 255).round().to(torch.uint8) if uint8_images else images.to(DTYPES[dtype])
+    if cfg.model.radar == "none":
+        return (images,)
+    Z, Y, X = cfg.grid.voxels_zyx
+    channels = 1 if cfg.model.radar == "occupancy" else 16
+    occupied = (torch.rand(batch, 1, Z, Y, X, generator=g) > 0.95).float()
+    radar = occupied if channels == 1 else torch.randn(batch, channels, Z, Y, X, generator=g) * occupied
+    return images, radar.to(DTYPES[dtype])
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def config_for_checkpoint(params_file: str, checkpoint: str, radar: bool) -> SimpleBevConfig:
+    """The params file, with the network sections (model, grid) of the checkpoint's own config
+    when it carries one (upstream checkpoints do not), and model.radar = meta for --radar."""
+    cfg = load_config(params_file)
+    trained = checkpoint_config(checkpoint)
+    if trained is not None:
+        cfg = replace(cfg, model=trained.model, grid=trained.grid)
+    if radar:
+        if trained is not None and trained.model.radar != "meta":
+            raise ConfigError(f"--radar, but checkpoint '{checkpoint}' was trained with model.radar "
+                              f"'{trained.model.radar}'")
+        cfg = replace(cfg, model=replace(cfg.model, radar="meta"))
+    # The checkpoint brings the weights: never fetch ImageNet ones.
+    return replace(cfg, model=replace(cfg.model, encoder_pretrained=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simplebev_core.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="simplebev or upstream checkpoint (file or dir)")
+    parser.add_argument("--params-file", required=True, help="config in ROS 2 params-file form")
+    parser.add_argument("--calibration", required=True, help="rig calibration YAML/JSON")
+    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--radar", action="store_true", help="the model takes meta-radar (model.radar: meta)")
+    parser.add_argument("--uint8-images", action="store_true", help="images input as uint8 in [0, 255]")
+    args = parser.parse_args(argv)
+    try:
+        t0 = time.perf_counter()
+        cfg = config_for_checkpoint(args.params_file, args.checkpoint, args.radar)
+        calibration = load_calibration(args.calibration)
+        check_cameras(calibration, cfg)
+        model = build_model(cfg).eval()
+        load_checkpoint(args.checkpoint, model)
+        meta = export_onnx(model, cfg, calibration, args.out, args.dtype, args.uint8_images)
+    except (ConfigError, CheckpointError, CalibrationError, ExportError, MissingPackageError, OSError) as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    size = Path(args.out).stat().st_size / 2**20
+    print(f"wrote {args.out} ({size:.1f} MiB, {meta.dtype}, radar {meta.radar}) for calibration "
+          f"{meta.calibration_hash[:12]} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
