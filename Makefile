@@ -28,7 +28,7 @@ $(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
 	@touch $(ROS_STAMP)
 
 test: setup
-	$(PY) -m pytest -rs tests
+	SIMPLEBEV_REQUIRE_ROS=1 $(PY) -m pytest -rs tests
 
 bench: setup
 	$(PY) bench/lift.py

@@ -12,7 +12,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -196,12 +196,18 @@ class TrainConfig:
     use_scheduler: bool = True
     pct_start: float = 0.05
     scheduler_extra_steps: int = 100
+    # Bound on the norm of the SUM of the grad_acc micro-batch gradients, as upstream (which
+    # summed the micro-batch losses); the loop averages the gradients and so clips the average
+    # at grad_clip_norm / grad_acc.
     grad_clip_norm: float = 5.0
     # Losses: 10 * BCE(pos_weight) + centre + offset with learned uncertainty weights.
     ce_scale: float = 10.0
     pos_weight: float = 2.13
     # Mixed precision on CUDA: none | bf16 | fp16 (fp16 uses a gradient scaler). Ignored on CPU.
     amp: str = "none"
+    # fp16 only: steps the gradient scaler skips (non-finite loss or gradients) are skipped and
+    # counted; this many in a row stop the run.
+    max_consecutive_skips: int = 20
     seed: int = 125
     log_every: int = 10
     image_every: int = 100
@@ -209,7 +215,8 @@ class TrainConfig:
     keep_latest: int = 3
 
     def validate(self, prefix: str) -> None:
-        for name in ("max_steps", "batch_size", "grad_acc", "log_every", "image_every", "save_every", "keep_latest"):
+        for name in ("max_steps", "batch_size", "grad_acc", "log_every", "image_every", "save_every",
+                     "keep_latest", "max_consecutive_skips"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
         # OneCycleLR is stepped after every optimiser step, so it needs at least one step in hand.
         _check(self.scheduler_extra_steps >= 1, f"{prefix}.scheduler_extra_steps", "must be >= 1")
@@ -220,6 +227,81 @@ class TrainConfig:
         _check(self.amp in AMP_MODES, f"{prefix}.amp", f"'{self.amp}' is not one of {list(AMP_MODES)}")
 
 
+IMAGE_TYPES = ("compressed", "raw")
+MISSING_CAMERA_POLICIES = ("mask", "drop")
+QOS_PROFILES = ("sensor_data", "reliable")
+RADAR_CHANNELS = ("RADAR_BACK_RIGHT", "RADAR_BACK_LEFT", "RADAR_FRONT", "RADAR_FRONT_LEFT",
+                  "RADAR_FRONT_RIGHT")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The ROS node's own settings (simplebev_ros; training ignores them, checkpoint comparisons
+    too). Defaults follow the de-facto nuScenes ROS 2 layout (nuscenes2bag's topic names)."""
+
+    checkpoint: str = ""
+    # auto | cpu | cuda | cuda:N (auto: CUDA when available).
+    device: str = "auto"
+    # CUDA autocast for the model: none | bf16 | fp16.
+    amp: str = "none"
+    # Per-camera topics: '{camera}' is replaced by each name in input.cameras (use ROS
+    # remapping for topics that do not follow a pattern).
+    image_topic_pattern: str = "/{camera}/image_rect_compressed"
+    camera_info_topic_pattern: str = "/{camera}/camera_info"
+    # sensor_msgs/CompressedImage (compressed) or sensor_msgs/Image (raw) on image_topics.
+    image_type: str = "compressed"
+    radar_topics: tuple[str, ...] = tuple(f"/{c}" for c in RADAR_CHANNELS)
+    map_frame: str = "map"
+    base_frame: str = "base_link"
+    # Camera set synchronisation (ApproximateTime semantics): the most a set's stamps may spread.
+    sync_slop_s: float = 0.06
+    sync_queue_size: int = 10
+    # A camera still missing this long after the first image of a set: mask it or drop the set.
+    missing_camera_timeout_s: float = 0.25
+    missing_camera_policy: str = "mask"
+    # How far a TF lookup may extrapolate past the newest (or before the oldest) transform.
+    tf_tolerance_s: float = 0.05
+    tf_cache_s: float = 10.0
+    input_qos: str = "sensor_data"
+    input_qos_depth: int = 5
+    occupancy_topic: str = "/bev/occupancy"
+    instances_topic: str = "/bev/instances"
+    markers_topic: str = "/bev/markers"
+    bev_image_topic: str = "/bev/image"
+    diagnostics_topic: str = "/diagnostics"
+    diagnostics_period_s: float = 1.0
+    # Diagnostics turn WARN when a camera has been silent this long.
+    camera_silence_warn_s: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        for name, allowed in (("amp", AMP_MODES), ("image_type", IMAGE_TYPES),
+                              ("missing_camera_policy", MISSING_CAMERA_POLICIES),
+                              ("input_qos", QOS_PROFILES)):
+            value = getattr(self, name)
+            _check(value in allowed, f"{prefix}.{name}", f"'{value}' is not one of {list(allowed)}")
+        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, f"{prefix}.device",
+               f"'{self.device}' is not auto, cpu, cuda or cuda:N")
+        for name in ("sync_slop_s", "missing_camera_timeout_s", "tf_cache_s",
+                     "diagnostics_period_s", "camera_silence_warn_s"):
+            _check(getattr(self, name) > 0.0, f"{prefix}.{name}", "must be positive")
+        _check(self.tf_tolerance_s >= 0.0, f"{prefix}.tf_tolerance_s", "must be >= 0")
+        for name in ("sync_queue_size", "input_qos_depth"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+        for name in ("image_topic_pattern", "camera_info_topic_pattern"):
+            _check("{camera}" in getattr(self, name), f"{prefix}.{name}",
+                   "must contain '{camera}' (replaced by each camera name)")
+        _check(all(t for t in self.radar_topics), f"{prefix}.radar_topics",
+               "topic names must not be empty")
+        for name in ("map_frame", "base_frame"):
+            _check(bool(getattr(self, name)), f"{prefix}.{name}", "must not be empty")
+
+    def camera_image_topic(self, camera: str) -> str:
+        return self.image_topic_pattern.replace("{camera}", camera)
+
+    def camera_info_topic(self, camera: str) -> str:
+        return self.camera_info_topic_pattern.replace("{camera}", camera)
+
+
 @dataclass(frozen=True)
 class SimpleBevConfig:
     grid: GridConfig = field(default_factory=GridConfig)
@@ -228,6 +310,7 @@ class SimpleBevConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -366,7 +449,8 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
     return params
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> SimpleBevConfig:
+def load_config(path: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None) -> SimpleBevConfig:
     """Read a params file (default: the repository's config/simplebev.yaml), apply dotted
     overrides such as {"model.encoder": "res50"}, and validate.
 
@@ -375,3 +459,42 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     data = read_params_file(path if path is not None else DEFAULT_CONFIG_PATH)
     full = apply_overrides(config_to_dict(config_from_dict(data)), overrides or {})
     return config_from_dict(full)
+
+
+# --------------------------------------------------------------------------- presets, CLI
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """A preset file: a flat YAML mapping of dotted config keys to values (applied as overrides)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"preset file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset file '{path}' is not valid YAML: {e}") from e
+    if not isinstance(data, dict) or any(not isinstance(k, str) for k in data):
+        raise ConfigError(f"preset file '{path}' must be a mapping of dotted keys "
+                          "(e.g. model.encoder: camencode)")
+    return data
+
+
+def resolve_config(config: str | Path | None = None, presets: Sequence[str | Path] = (),
+                   sets: Sequence[str] = (), base: SimpleBevConfig | None = None) -> SimpleBevConfig:
+    """`base` (e.g. a checkpoint's config) or the params file `config` (default: the
+    repository's), then the presets in order, then `--set key=value` overrides."""
+    overrides: dict[str, Any] = {}
+    for preset in presets:
+        overrides.update(read_preset(preset))
+    overrides.update(dict(parse_override(s) for s in sets))
+    if base is None:
+        return load_config(config, overrides)
+    return config_from_dict(apply_overrides(config_to_dict(base), overrides))
+
+
+def write_params_file(cfg: SimpleBevConfig, path: str | Path, node_name: str = NODE_NAME) -> Path:
+    """Write `cfg` in the params-file form (readable by load_config, usable as --config)."""
+    path = Path(path)
+    doc = {node_name: {"ros__parameters": config_to_dict(cfg)}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

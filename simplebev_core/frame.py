@@ -88,6 +88,14 @@ class AssemblyPlan:
                             (ResizeCrop.plain(final_hw),) * len(cams), (False,) * len(cams))
 
 
+def moving_sensor_pose(ego_T_world: Tensor, world_T_egosensor: Tensor, egosensor_T_sensor: Tensor
+                       ) -> Tensor:
+    """A sensor at its capture time -> the frame's ego frame: ego_T_world (the vehicle at the
+    frame stamp), world_T_egosensor (the vehicle at the sensor's capture time), and the
+    sensor's calibration. Both data sources compose poses here, in float64, in this order."""
+    return ego_T_world @ world_T_egosensor @ egosensor_T_sensor
+
+
 def camera_image(cam: CameraInput, rc: ResizeCrop) -> Tensor:
     """One camera's (3, H, W) float32 network input in [0, 1] under a resize-crop."""
     if cam.image is None:

@@ -41,6 +41,7 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, raw_hw: tupl
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if buf.size == 0:
         raise ImageDecodeError(f"{origin}: empty image data")
+    check_complete(buf.tobytes()[:4], buf[-32:].tobytes(), origin)
     bgr = cv2.imdecode(buf, flags[factor])
     if bgr is None:
         raise ImageDecodeError(f"{origin}: cannot be decoded (corrupt, truncated or not JPEG/PNG)")
@@ -51,6 +52,15 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, raw_hw: tupl
             f"{expected[1]}x{expected[0]} for a {raw_hw[1]}x{raw_hw[0]} image (image size changed, "
             f"or CameraInfo does not match the image)")
     return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
+
+
+def check_complete(head: bytes, tail: bytes, origin: str) -> None:
+    """Reject truncated JPEG/PNG files: libjpeg decodes a truncated JPEG without an error,
+    filling the missing rows with grey, so the end marker is checked first."""
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        raise ImageDecodeError(f"{origin}: truncated JPEG (no end-of-image marker)")
+    if head[:4] == b"\x89PNG" and b"IEND" not in tail:
+        raise ImageDecodeError(f"{origin}: truncated PNG (no IEND chunk)")
 
 
 def image_from_rgb(rgb_hw3: np.ndarray) -> Tensor:

@@ -42,4 +42,8 @@ build() {  # build and install one ament_cmake package into the venv prefix
 # The Python packages are already installed in editable mode; install only messages, scripts,
 # launch and config files.
 build "$REPO" simplebev -DSIMPLEBEV_INSTALL_PYTHON=OFF
+# The generated module comes with an egg-info named after the ROS package, `simplebev`, which is
+# also the pip distribution name of this project: pip would take it for the project and delete
+# the generated module on the next `pip install -e .`. Only the module itself is needed.
+rm -rf "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/simplebev-*.egg-info
 "$PY" -c 'import rclpy, tf2_msgs.msg, simplebev.msg'

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from simplebev_core.config import SimpleBevConfig
-from simplebev_core.frame import AssemblyPlan, CameraInput, RawFrame, assemble
+from simplebev_core.config import RADAR_CHANNELS, SimpleBevConfig
+from simplebev_core.frame import AssemblyPlan, CameraInput, RawFrame, assemble, moving_sensor_pose
 from simplebev_core.geometry import intrinsics_matrix, invert_rigid, pose_to_matrix
 from simplebev_core.image_decode import ImageDecodeError
 from simplebev_core.preprocess import ResizeCrop
@@ -50,8 +50,6 @@ from simplebev_core.voxel import VoxelGrid
 from .radar_io import DataFileError, read_radar_pcd
 from .targets import BoxSet, rasterize_targets
 
-RADAR_CHANNELS = ("RADAR_BACK_RIGHT", "RADAR_BACK_LEFT", "RADAR_FRONT", "RADAR_FRONT_LEFT",
-                  "RADAR_FRONT_RIGHT")
 VEHICLE_KEYWORD = "vehicle"  # upstream: any category name containing it (bicycle, motorcycle too)
 LOW_VISIBILITY_TOKEN = "1"  # 0-40 % visible: ignored by loss and metric
 DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -192,7 +190,8 @@ class NuScenesBev(Dataset):
         ego_T_sensor = self._pose("calibrated_sensor", sd["calibrated_sensor_token"])
         if not moving:
             return ego_T_sensor
-        return ego_T_world @ self._pose("ego_pose", sd["ego_pose_token"]) @ ego_T_sensor
+        return moving_sensor_pose(ego_T_world, self._pose("ego_pose", sd["ego_pose_token"]),
+                                  ego_T_sensor)
 
     def record(self, token: str) -> FrameRecord:
         """The cached FrameRecord of a sample token."""

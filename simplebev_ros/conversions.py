@@ -1,0 +1,307 @@
+"""ROS 2 messages <-> arrays, and model outputs -> messages. One small function per message type.
+
+Inputs are read by field name (`msg.data`, `msg.k`, ...), so rclpy messages and rosbags'
+deserialized messages both work. Every reader rejects bad input with a `simplebev_ros.errors`
+exception naming the problem. Output builders import the ROS message packages lazily.
+"""
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from simplebev_core.bev_grid import BaseGrid
+from simplebev_core.geometry import intrinsics_matrix
+from simplebev_core.radar import NUSCENES_RADAR_FIELDS
+
+from .errors import CameraInfoError, EncodingError, NonFiniteError, TruncatedDataError
+
+NS_PER_S = 1_000_000_000
+
+
+# ----------------------------------------------------------------------------- stamps
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_stamp(stamp_ns: int) -> Any:
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    from builtin_interfaces.msg import Time
+
+    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+# ----------------------------------------------------------------------------- images
+
+_JPEG_FORMATS = ("jpeg", "jpg")
+
+
+def compressed_image_bytes(msg: Any) -> bytes:
+    """sensor_msgs/CompressedImage -> its JPEG or PNG bytes (decoded later by the shared
+    simplebev_core.image_decode, which also rejects truncated files)."""
+    fmt = msg.format.lower()
+    if not any(f in fmt for f in _JPEG_FORMATS + ("png",)):
+        raise EncodingError(f"CompressedImage format '{msg.format}' is not jpeg or png")
+    data = bytes(msg.data)
+    if not data:
+        raise TruncatedDataError("CompressedImage with no data")
+    return data
+
+
+# encoding -> (channels, indices of R, G, B) for 8-bit images
+_RAW_ENCODINGS = {"rgb8": (3, (0, 1, 2)), "bgr8": (3, (2, 1, 0)), "rgba8": (4, (0, 1, 2)),
+                  "bgra8": (4, (2, 1, 0)), "mono8": (1, (0, 0, 0))}
+
+
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8; any row padding in `step`) ->
+    (H, W, 3) uint8 RGB. 8-bit encodings have no byte order, so `is_bigendian` does not apply."""
+    if msg.encoding not in _RAW_ENCODINGS:
+        raise EncodingError(f"Image encoding '{msg.encoding}' is not one of {sorted(_RAW_ENCODINGS)}")
+    channels, rgb = _RAW_ENCODINGS[msg.encoding]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise EncodingError(f"Image of size {w}x{h}")
+    if step < w * channels:
+        raise TruncatedDataError(f"Image step {step} is less than width {w} x {channels} channels")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < step * h:
+        raise TruncatedDataError(f"Image data has {data.size} bytes, {step} x {h} = {step * h} expected")
+    rows = data[:step * h].reshape(h, step)[:, :w * channels].reshape(h, w, channels)
+    return np.ascontiguousarray(rows[:, :, list(rgb)])
+
+
+# ----------------------------------------------------------------------------- camera info
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """pix_T_cam (4, 4) of a raw_hw (H, W) image, from CameraInfo K."""
+
+    pix_T_cam: torch.Tensor
+    raw_hw: tuple[int, int]
+    frame_id: str
+    has_distortion: bool
+
+    def key(self) -> tuple:
+        return (self.raw_hw, tuple(self.pix_T_cam.flatten().tolist()), self.frame_id)
+
+
+def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
+    """sensor_msgs/CameraInfo -> CameraIntrinsics. The model uses a pinhole K on the image as
+    published (image_rect: already undistorted); `has_distortion` tells the caller to warn."""
+    k = np.asarray(msg.k, dtype=np.float64)
+    if k.shape != (9,) or not np.isfinite(k).all():
+        raise CameraInfoError(f"CameraInfo K must be 9 finite numbers, got {k.tolist()}")
+    fx, cx, fy, cy = k[0], k[2], k[4], k[5]
+    if fx <= 0 or fy <= 0:
+        raise CameraInfoError(f"CameraInfo K has fx={fx}, fy={fy} (uncalibrated camera?)")
+    h, w = int(msg.height), int(msg.width)
+    if h <= 0 or w <= 0:
+        raise CameraInfoError(f"CameraInfo image size {w}x{h}")
+    d = np.asarray(msg.d, dtype=np.float64)
+    return CameraIntrinsics(intrinsics_matrix(fx, fy, cx, cy), (h, w), msg.header.frame_id,
+                            bool(d.size and np.any(d != 0)))
+
+
+# ----------------------------------------------------------------------------- point clouds
+
+# sensor_msgs/PointField datatypes -> numpy base types
+_POINTFIELD_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+
+
+def pointcloud2_to_array(msg: Any) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> structured array of its points (fields by name, any datatype
+    and count, `point_step` padding, either byte order); organised clouds are flattened."""
+    order = ">" if msg.is_bigendian else "<"
+    names, formats, offsets = [], [], []
+    for f in msg.fields:
+        if f.datatype not in _POINTFIELD_TYPES:
+            raise EncodingError(f"PointCloud2 field '{f.name}' has unknown datatype {f.datatype}")
+        base = order + _POINTFIELD_TYPES[f.datatype]
+        names.append(f.name)
+        formats.append(base if f.count <= 1 else (base, (int(f.count),)))
+        offsets.append(int(f.offset))
+    point_step, n = int(msg.point_step), int(msg.width) * int(msg.height)
+    try:
+        dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                          "itemsize": point_step})
+    except ValueError as e:
+        raise EncodingError(f"PointCloud2 fields do not fit point_step {point_step}: {e}") from None
+    data = bytes(msg.data)
+    if msg.height > 1 and msg.row_step * msg.height <= len(data) and msg.row_step != msg.width * point_step:
+        rows = np.frombuffer(data, np.uint8)[:msg.row_step * msg.height].reshape(msg.height, -1)
+        data = rows[:, :msg.width * point_step].tobytes()
+    if len(data) < n * point_step:
+        raise TruncatedDataError(f"PointCloud2 has {len(data)} data bytes for {n} points of "
+                                 f"{point_step} bytes")
+    return np.frombuffer(data, dtype=dtype, count=n)
+
+
+def radar_points(cloud: np.ndarray, is_dense: bool = True) -> tuple[np.ndarray, bool]:
+    """Structured radar cloud -> ((N, 18) float32 in NUSCENES_RADAR_FIELDS order, has_meta).
+
+    Clouds with all 18 nuScenes fields give meta-radar points; plain x, y, z(, ...) clouds give
+    points whose other fields are 0 (occupancy only). A cloud marked `is_dense=False` may hold
+    invalid (non-finite) points, which are dropped; in a dense cloud they are an error."""
+    names = cloud.dtype.names or ()
+    if not {"x", "y", "z"} <= set(names):
+        raise EncodingError(f"radar PointCloud2 has no x, y, z fields (fields: {list(names)})")
+    has_meta = all(f in names for f in NUSCENES_RADAR_FIELDS)
+    fields = NUSCENES_RADAR_FIELDS if has_meta else ("x", "y", "z")
+    out = np.zeros((len(cloud), len(NUSCENES_RADAR_FIELDS)), np.float32)
+    for i, f in enumerate(fields):
+        values = cloud[f]
+        out[:, i] = values if values.ndim == 1 else values[:, 0]
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        if is_dense:
+            raise NonFiniteError(f"radar cloud marked dense has {int((~finite).sum())} points "
+                                 f"with NaN or Inf")
+        out = out[finite]
+    return out, has_meta
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def occupancy_values(prob: torch.Tensor, known: torch.Tensor) -> np.ndarray:
+    """(H, W) probabilities in [0, 1] and a bool mask of known cells -> int8 OccupancyGrid
+    values: 0-100, -1 unknown."""
+    values = torch.round(prob.float().clamp(0, 1) * 100).to(torch.int8)
+    values = torch.where(known, values, torch.full_like(values, -1))
+    return values.cpu().numpy()
+
+
+def occupancy_grid(values: np.ndarray, grid: BaseGrid, frame_id: str, stamp_ns: int) -> Any:
+    """int8 (height, width) values, row-major (row = base y, column = base x) -> OccupancyGrid."""
+    from nav_msgs.msg import OccupancyGrid
+
+    msg = OccupancyGrid()
+    msg.header.frame_id = frame_id
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.info.map_load_time = msg.header.stamp
+    msg.info.resolution = float(grid.resolution_m)
+    msg.info.width, msg.info.height = grid.width, grid.height
+    msg.info.origin.position.x, msg.info.origin.position.y = map(float, grid.origin_xy)
+    msg.info.origin.orientation.w = 1.0
+    # array('b', bytes) is ~700x faster than assigning the numpy array (ros_pip.md section 3).
+    msg.data = array.array("b", np.ascontiguousarray(values, dtype=np.int8).tobytes())
+    return msg
+
+
+@dataclass
+class InstanceOut:
+    """One instance for the output messages: centre in the output frame, score, cell count."""
+
+    center_xyz: tuple[float, float, float]
+    score: float
+    cell_count: int
+
+
+def bev_instances(instances: Sequence[InstanceOut], frame_id: str, stamp_ns: int) -> Any:
+    from simplebev.msg import BevInstance, BevInstances
+
+    msg = BevInstances()
+    msg.header.frame_id = frame_id
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    for i, inst in enumerate(instances, start=1):
+        item = BevInstance(id=i, score=float(inst.score), cell_count=int(inst.cell_count))
+        item.center.x, item.center.y, item.center.z = map(float, inst.center_xyz)
+        msg.instances.append(item)
+    return msg
+
+
+def marker_array(instances: Sequence[InstanceOut], frame_id: str, stamp_ns: int,
+                 namespace: str = "simplebev") -> Any:
+    """DELETEALL (stale markers vanish), then a cylinder and a score label per instance."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    stamp = ns_to_stamp(stamp_ns)
+    clear = Marker(action=Marker.DELETEALL)
+    clear.header.frame_id, clear.header.stamp, clear.ns = frame_id, stamp, namespace
+    out = MarkerArray(markers=[clear])
+    for i, inst in enumerate(instances):
+        for kind in (Marker.CYLINDER, Marker.TEXT_VIEW_FACING):
+            m = Marker(type=kind, action=Marker.ADD, id=2 * i + (kind == Marker.TEXT_VIEW_FACING))
+            m.header.frame_id, m.header.stamp, m.ns = frame_id, stamp, namespace
+            x, y, z = inst.center_xyz
+            m.pose.position.x, m.pose.position.y = float(x), float(y)
+            m.pose.orientation.w = 1.0
+            if kind == Marker.CYLINDER:
+                m.pose.position.z = float(z) + 0.75
+                m.scale.x = m.scale.y = 1.8
+                m.scale.z = 1.5
+                m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 0.55, 0.0, 0.6
+            else:
+                m.pose.position.z = float(z) + 2.2
+                m.scale.z = 1.0
+                m.color.r = m.color.g = m.color.b = m.color.a = 1.0
+                m.text = f"{inst.score:.2f}"
+            out.markers.append(m)
+    return out
+
+
+def _colour_table() -> np.ndarray:
+    """(101, 3) uint8: probability 0..100 from dark blue through red to yellow."""
+    t = np.linspace(0.0, 1.0, 101)[:, None]
+    stops = np.array([[20, 20, 60], [180, 30, 40], [255, 230, 60]], np.float64)
+    low = stops[0] + (stops[1] - stops[0]) * np.clip(t * 2, 0, 1)
+    high = stops[1] + (stops[2] - stops[1]) * np.clip(t * 2 - 1, 0, 1)
+    return np.where(t < 0.5, low, high).astype(np.uint8)
+
+
+_COLOURS = _colour_table()
+_UNKNOWN_RGB = np.array([70, 70, 70], np.uint8)
+
+
+def bev_rgb(values: np.ndarray) -> np.ndarray:
+    """int8 OccupancyGrid values (row = base y, column = base x) -> (W, H, 3) uint8 picture
+    with forward up and the vehicle's left on the left."""
+    picture = values[::-1, ::-1].T  # rows: x descending (forward up); columns: y descending
+    rgb = _COLOURS[np.clip(picture, 0, 100).astype(np.intp)]
+    rgb[picture < 0] = _UNKNOWN_RGB
+    return np.ascontiguousarray(rgb)
+
+
+def rgb_image(rgb: np.ndarray, frame_id: str, stamp_ns: int) -> Any:
+    """(H, W, 3) uint8 -> sensor_msgs/Image rgb8."""
+    from sensor_msgs.msg import Image
+
+    h, w, _ = rgb.shape
+    msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=3 * w)
+    msg.header.frame_id = frame_id
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.data = np.ascontiguousarray(rgb).tobytes()
+    return msg
+
+
+@dataclass
+class Status:
+    """One diagnostic_msgs/DiagnosticStatus: level 0 OK, 1 WARN, 2 ERROR, 3 STALE."""
+
+    name: str
+    level: int
+    message: str
+    values: dict[str, Any]
+    hardware_id: str = ""
+
+
+def diagnostic_array(statuses: Sequence[Status], stamp_ns: int) -> Any:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    msg = DiagnosticArray()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    for s in statuses:
+        status = DiagnosticStatus(level=bytes([s.level]), name=s.name, message=s.message,
+                                  hardware_id=s.hardware_id)
+        status.values = [KeyValue(key=str(k), value=str(v)) for k, v in s.values.items()]
+        msg.status.append(status)
+    return msg

@@ -1,0 +1,139 @@
+"""Synced camera messages + CameraInfo + TF + radar buffers -> a `RawFrame` (no spinning).
+
+The node feeds this module what its callbacks receive; `build` describes one camera set as
+the RawFrame that `simplebev_core.frame.assemble` turns into the model's input, composing the
+same poses in the same order as the training loader (simplebev_core.frame.moving_sensor_pose):
+- the frame's ego frame is base_link at the set's stamp (the reference camera's stamp);
+- cameras: `input.camera_poses` capture_time -> base(t_set)_T_map @ map_T_base(t_cam) @
+  base_T_cam; static -> base_T_cam;
+- radar: per topic the newest `data.radar_sweeps` clouds at or before the set's stamp, each
+  base(t_set)_T_map @ map_T_base(t_sweep) @ base_T_radar, with its time lag.
+When the TF tree has no `map` frame at all (a vehicle without localisation) motion
+compensation is impossible: extrinsics fall back to the static calibration and
+`motion_compensated` turns False (the node logs it once).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from simplebev_core.config import SimpleBevConfig
+from simplebev_core.frame import CameraInput, RawFrame, moving_sensor_pose
+from simplebev_core.geometry import invert_rigid
+from simplebev_core.image_decode import image_from_rgb
+from simplebev_core.radar import RadarSweep, accumulate_sweeps, sweep_lag_s
+
+from .conversions import (CameraIntrinsics, camera_info_to_intrinsics, compressed_image_bytes,
+                          image_to_rgb, pointcloud2_to_array, radar_points, stamp_to_ns)
+from .errors import MissingInputError, SizeChangedError
+from .sync import RadarBuffer, SyncedSet
+from .tf_buffer import LookupException
+
+RADAR_BUFFER_SWEEPS = 32  # per radar; nuScenes radars run at ~13 Hz, sets need <= 10 sweeps
+
+
+class FrameSource:
+    """Holds the latest CameraInfo per camera and recent radar sweeps; builds RawFrames."""
+
+    def __init__(self, cfg: SimpleBevConfig, tf_buffer: Any):
+        self.cfg = cfg
+        self.tf = tf_buffer
+        self.names = tuple(cfg.input.cameras)
+        self.intrinsics: list[CameraIntrinsics | None] = [None] * len(self.names)
+        self.radar = {topic: RadarBuffer(RADAR_BUFFER_SWEEPS) for topic in cfg.node.radar_topics}
+        self.radar_has_meta: dict[str, bool] = {}
+        self.motion_compensated = True
+
+    # ------------------------------------------------------------------ inputs
+    def set_camera_info(self, slot: int, msg: Any) -> bool:
+        """Store camera `slot`'s CameraInfo; True when it differs from the one held (the caller
+        then invalidates what it cached for the rig)."""
+        intrinsics = camera_info_to_intrinsics(msg)
+        old = self.intrinsics[slot]
+        self.intrinsics[slot] = intrinsics
+        return old is not None and old.key() != intrinsics.key()
+
+    def add_radar(self, topic: str, msg: Any) -> None:
+        points, has_meta = radar_points(pointcloud2_to_array(msg), bool(msg.is_dense))
+        self.radar_has_meta[topic] = has_meta
+        self.radar[topic].add(stamp_to_ns(msg.header.stamp), (msg.header.frame_id, points))
+
+    def reset(self) -> None:
+        """Time jumped backwards: forget radar sweeps (CameraInfo stays valid)."""
+        for buffer in self.radar.values():
+            buffer.clear()
+
+    # ------------------------------------------------------------------ frames
+    def _world_T_base(self, stamp_ns: int) -> Tensor | None:
+        """map_T_base_link at stamp_ns, or None without a map frame (no motion compensation)."""
+        node = self.cfg.node
+        try:
+            return self.tf.lookup(node.map_frame, node.base_frame, stamp_ns)
+        except LookupException:
+            if node.map_frame in self.tf.frames():
+                raise
+            self.motion_compensated = False
+            return None
+
+    def _camera(self, slot: int, msg: Any, stamp_ns: int | None, ego_T_world: Tensor | None
+                ) -> CameraInput:
+        intrinsics = self.intrinsics[slot]
+        name = self.names[slot]
+        if intrinsics is None:
+            raise MissingInputError(f"no CameraInfo received yet for {name} "
+                                    f"({self.cfg.node.camera_info_topic(name)})")
+        frame_id = (msg.header.frame_id if msg is not None else "") or intrinsics.frame_id
+        base_T_cam = self.tf.lookup(self.cfg.node.base_frame, frame_id, stamp_ns or 0)
+        ego_T_cam = base_T_cam
+        if msg is not None and ego_T_world is not None and self.cfg.input.camera_poses == "capture_time":
+            ego_T_cam = moving_sensor_pose(ego_T_world, self._world_T_base(stamp_ns), base_T_cam)
+        origin = f"{name} image ({self.cfg.node.camera_image_topic(name)})"
+        return CameraInput(image=self._image(msg, intrinsics, origin), raw_hw=intrinsics.raw_hw,
+                           pix_T_cam=intrinsics.pix_T_cam, ego_T_cam=ego_T_cam,
+                           stamp_ns=stamp_ns or 0, origin=origin)
+
+    def _image(self, msg: Any, intrinsics: CameraIntrinsics, origin: str) -> bytes | Tensor | None:
+        if msg is None:
+            return None
+        if self.cfg.node.image_type == "compressed":
+            return compressed_image_bytes(msg)
+        rgb = image_to_rgb(msg)
+        if rgb.shape[:2] != intrinsics.raw_hw:
+            raise SizeChangedError(f"{origin}: {rgb.shape[1]}x{rgb.shape[0]} image, CameraInfo says "
+                                   f"{intrinsics.raw_hw[1]}x{intrinsics.raw_hw[0]}")
+        return image_from_rgb(rgb)
+
+    def _radar_sweeps(self, stamp_ns: int, ego_T_world: Tensor | None) -> list[RadarSweep]:
+        sweeps = []
+        for topic in self.cfg.node.radar_topics:
+            for sweep_ns, (frame_id, points) in self.radar[topic].sweeps_before(
+                    stamp_ns, self.cfg.data.radar_sweeps):
+                base_T_radar = self.tf.lookup(self.cfg.node.base_frame, frame_id, sweep_ns)
+                ego_T_radar = base_T_radar
+                if ego_T_world is not None:
+                    ego_T_radar = moving_sensor_pose(ego_T_world, self._world_T_base(sweep_ns),
+                                                     base_T_radar)
+                sweeps.append(RadarSweep(points, ego_T_radar.numpy(), sweep_lag_s(stamp_ns, sweep_ns)))
+        return sweeps
+
+    def build(self, synced: SyncedSet) -> RawFrame:
+        """One camera set -> RawFrame. Raises InputError / TransformException subclasses."""
+        world_T_base = self._world_T_base(synced.stamp_ns)
+        ego_T_world = None if world_T_base is None else invert_rigid(world_T_base)
+        cameras = [self._camera(slot, msg, synced.stamps_ns[slot], ego_T_world)
+                   for slot, msg in enumerate(synced.messages)]
+        radar = None
+        if self.cfg.model.radar != "none":
+            radar = accumulate_sweeps(self._radar_sweeps(synced.stamp_ns, ego_T_world))
+        return RawFrame(names=self.names, cameras=cameras, radar=radar, stamp_ns=synced.stamp_ns,
+                        token=str(synced.stamp_ns))
+
+    def base_T_ref(self) -> Tensor:
+        """The reference camera's calibration in base_link (for the output grid)."""
+        slot = self.names.index(self.cfg.input.ref_camera)
+        intrinsics = self.intrinsics[slot]
+        if intrinsics is None:
+            raise MissingInputError(f"no CameraInfo received yet for {self.cfg.input.ref_camera}")
+        return self.tf.lookup(self.cfg.node.base_frame, intrinsics.frame_id, 0)
