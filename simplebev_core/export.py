@@ -4,12 +4,12 @@
         --calibration rig.yaml --out model.onnx [--dtype fp32|fp16] [--radar] [--uint8-images]
 
 Upstream's 5-D `grid_sample` lift does not export; for a static rig it does not need to. The
-lift is the project's `LiftTable` (the sparse bilinear map of one calibration), re-laid per
-camera as constants: for the voxels camera s sees, the feature pixels of their four bilinear
-corners and the corner weights, already divided by the voxel's camera count. In the graph,
-per camera: Gather the corner pixels, multiply by the weights and sum (Mul, ReduceSum), then
-add into the volume at those voxels (Gather, Add, ScatterND without reduction: a camera sees
-each voxel at most once). No custom op and no 5-D GridSample; InstanceNorm is the standard
+lift is the project's `LiftTable` (the sparse bilinear map of one calibration), re-laid as
+constants: for each camera that sees a voxel, the feature pixels of the four bilinear corners
+and their weights, already divided by the voxel's camera count (`GatherLift`). In the graph:
+Gather the corner pixels, multiply by the weights and add; the first camera of every voxel
+gives the volume directly, the overlaps of adjacent cameras add into it with Gather, Add and a
+ScatterND without reduction. No custom op and no 5-D GridSample; InstanceNorm is the standard
 InstanceNormalization. RepLK blocks are re-parameterised (fused) before export.
 
 Graph inputs: `images` (B, S, 3, H, W) float in [0, 1] (or uint8 with --uint8-images) and,
@@ -80,65 +80,91 @@ def require(module: str, purpose: str) -> Any:
 
 
 class GatherLift(nn.Module):
-    """A LiftTable as per-camera gather-and-weight constants: feats (B, S, C, Hf, Wf) ->
-    volume (B, C, Z, Y, X), equal to the table up to float rounding (summation order).
+    """A LiftTable as gather-and-weight constants: feats (B, S, C, Hf, Wf) -> volume
+    (B, C, Z, Y, X), equal to the table up to float rounding (summation order).
 
-    Buffers per camera s that sees any voxel: `voxels_s` (n,) flat voxel indices, `pixels_s`
-    (4n,) indices into the (S*Hf*Wf) feature pixels, `weights_s` (n, 4, 1); unused corner slots
-    point at pixel 0 with weight 0.
+    The table's entries are grouped by "the g-th camera that sees the voxel" (in camera
+    order). Group 0 holds every voxel, so it needs no scatter: its four corner gathers, each
+    weighted, are the volume (a voxel no camera sees has weight 0). Each later group (voxels
+    in the overlap of adjacent cameras) holds only its voxels and adds into the volume with a
+    gather, an add and a plain ScatterND (unique indices within a group). Voxels are numbered
+    (y, z, x) here, so the height fold that follows is a free reshape after one 2-D transpose.
+
+    Buffers per group g: `pixels_g` (4, n) indices into the S*Hf*Wf feature pixels,
+    `weights_g` (4, n, 1) (already divided by the voxel's camera count), and for g > 0
+    `voxels_g` (n,) voxel indices; unused corner slots point at pixel 0 with weight 0.
     """
 
     def __init__(self, table: LiftTable):
         super().__init__()
-        self.num_cameras, self.feat_hw = table.num_cameras, table.feat_hw
         self.zyx = (table.grid.Z, table.grid.Y, table.grid.X)
-        self.cameras: list[int] = []
-        for s, (voxels, pixels, weights) in enumerate(per_camera_entries(table)):
-            if voxels.numel():
-                self.cameras.append(s)
-                self.register_buffer(f"voxels_{s}", voxels)
-                self.register_buffer(f"pixels_{s}", pixels.reshape(-1))
-                self.register_buffer(f"weights_{s}", weights[..., None])
+        self.groups = 0
+        for g, (voxels, pixels, weights) in enumerate(lift_groups(table)):
+            self.groups += 1
+            if g > 0:
+                self.register_buffer(f"voxels_{g}", voxels)
+            self.register_buffer(f"pixels_{g}", pixels)
+            self.register_buffer(f"weights_{g}", weights[..., None])
 
     def forward(self, feats: Tensor) -> Tensor:
         B, S, C, Hf, Wf = feats.shape
         Z, Y, X = self.zyx
         dense = feats.permute(1, 3, 4, 0, 2).reshape(S * Hf * Wf, B * C)  # pixel-major
-        volume = dense.new_zeros(Z * Y * X, B * C)
-        for s in self.cameras:
-            voxels = getattr(self, f"voxels_{s}")
-            corners = dense.index_select(0, getattr(self, f"pixels_{s}")).reshape(-1, 4, B * C)
-            values = (corners * getattr(self, f"weights_{s}")).sum(1)  # (n, B*C)
-            # index_put without accumulation exports as a plain ScatterND (what every runtime,
-            # TensorRT included, supports); the indices are unique within one camera.
-            volume = volume.index_put((voxels,), volume.index_select(0, voxels) + values)
-        return volume.reshape(Z, Y, X, B, C).permute(3, 4, 0, 1, 2)
+        volume = dense  # replaced by group 0, which always exists
+        for g in range(self.groups):
+            pixels, weights = getattr(self, f"pixels_{g}"), getattr(self, f"weights_{g}")
+            values = dense.index_select(0, pixels[0]) * weights[0]  # (n, B*C)
+            for k in range(1, 4):
+                values = values + dense.index_select(0, pixels[k]) * weights[k]
+            if g == 0:
+                volume = values
+            else:
+                # index_put without accumulation exports as a plain ScatterND, which every
+                # runtime (TensorRT included) supports.
+                voxels = getattr(self, f"voxels_{g}")
+                volume = volume.index_put((voxels,), volume.index_select(0, voxels) + values)
+        return volume.t().reshape(B, C, Y, Z, X).transpose(2, 3)
 
 
-def per_camera_entries(table: LiftTable) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """The table's non-zeros grouped by camera and voxel, four corner slots per voxel.
-
-    Returns per camera (voxels (n,) int64, pixels (n, 4) int64, weights (n, 4) float32).
-    """
+def lift_groups(table: LiftTable) -> list[tuple[Tensor | None, Tensor, Tensor]]:
+    """The table's non-zeros as (voxels, pixels (4, n) int64, weights (4, n) float32) per
+    group g (the g-th camera seeing a voxel); voxels are (y, z, x)-numbered, None for group 0
+    (which lists all Z*Y*X voxels in order)."""
     coo = table.weights.to_sparse_coo().coalesce().cpu()  # sorted by (voxel, pixel)
     rows, cols = coo.indices()
     vals = coo.values().float()
-    per_cam = table.feat_hw[0] * table.feat_hw[1]
+    Z, Y, X = table.grid.Z, table.grid.Y, table.grid.X
+    S, per_cam = table.num_cameras, table.feat_hw[0] * table.feat_hw[1]
+    z, y, x = rows // (Y * X), (rows // X) % Y, rows % X
+    order = torch.sort((y * Z + z) * X + x, stable=True)  # pixel order kept within a voxel
+    v, cols, vals = order.values, cols[order.indices], vals[order.indices]
+    # Corner slot of each entry within its (voxel, camera) pair, group of each pair.
+    pair_start, pair_size = _runs(v * S + cols // per_cam)
+    slot = torch.arange(v.numel()) - torch.repeat_interleave(pair_start, pair_size)
+    if v.numel() and int(slot.max()) > 3:
+        raise ExportError("lift table: a voxel has more than 4 samples in one camera")
+    voxel_start, voxel_size = _runs(v[pair_start])
+    rank = torch.arange(pair_start.numel()) - torch.repeat_interleave(voxel_start, voxel_size)
+    group = torch.repeat_interleave(rank, pair_size)
     out = []
-    for s in range(table.num_cameras):
-        keep = (cols // per_cam) == s
-        r, c, v = rows[keep], cols[keep], vals[keep]
-        voxels, counts = torch.unique_consecutive(r, return_counts=True)
-        if counts.numel() and int(counts.max()) > 4:
-            raise ExportError(f"lift table: a voxel has {int(counts.max())} samples in camera {s} (at most 4)")
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(r.numel()) - torch.repeat_interleave(starts, counts)
-        group = torch.repeat_interleave(torch.arange(voxels.numel()), counts)
-        pixels = torch.zeros(voxels.numel(), 4, dtype=torch.long)
-        weights = torch.zeros(voxels.numel(), 4, dtype=torch.float32)
-        pixels[group, slot], weights[group, slot] = c, v
+    for g in range(int(group.max()) + 1 if v.numel() else 1):
+        keep = group == g
+        if g == 0:
+            voxels, n, column = None, Z * Y * X, v[keep]
+        else:
+            voxels = torch.unique(v[keep])
+            n, column = voxels.numel(), torch.searchsorted(voxels, v[keep])
+        pixels = torch.zeros(4, n, dtype=torch.long)
+        weights = torch.zeros(4, n, dtype=torch.float32)
+        pixels[slot[keep], column], weights[slot[keep], column] = cols[keep], vals[keep]
         out.append((voxels, pixels, weights))
     return out
+
+
+def _runs(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Start index and length of each run of equal consecutive keys."""
+    _, sizes = torch.unique_consecutive(keys, return_counts=True)
+    return torch.cumsum(sizes, 0) - sizes, sizes
 
 
 # ----------------------------------------------------------------------------- the network
@@ -302,8 +328,7 @@ def export_onnx(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration
     for key, value in meta.to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
-    _atomic_write(Path(out), proto.SerializeToString())
+    _atomic_write(Path(out), proto.SerializeToString(), check=onnx.checker.check_model)
     return meta
 
 
@@ -323,12 +348,15 @@ def example_inputs(cfg: SimpleBevConfig, dtype: str = "fp32", uint8_images: bool
     return images, radar.to(DTYPES[dtype])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, check: Any = None) -> None:
+    """Write to a temporary file, `check(temporary path)` it, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        if check is not None:
+            check(tmp)  # the ONNX checker reads the file itself (no second serialisation)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -57,15 +57,29 @@ def run_onnx(path, inputs):
     return session.run(["segmentation", "center", "offset"], feeds)
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """exported(encoder, radar) -> (cfg, model, rig, path): each exported once per module."""
+    cache = {}
+
+    def get(encoder: str, radar: str = "none"):
+        if (encoder, radar) not in cache:
+            torch.manual_seed(0)
+            cfg = tiny_cfg(**{"model.encoder": encoder, "model.radar": radar})
+            model = build_model(cfg).eval()
+            rig = tiny_calibration(cfg)
+            path = tmp_path_factory.mktemp("onnx") / f"{encoder}-{radar}.onnx"
+            export_onnx(model, cfg, rig, path)
+            cache[encoder, radar] = cfg, model, rig, path
+        return cache[encoder, radar]
+
+    return get
+
+
 @pytest.mark.parametrize("radar", ["none", "meta"])
 @pytest.mark.parametrize("encoder", ENCODERS)
-def test_onnxruntime_matches_pytorch(tmp_path, encoder, radar):
-    torch.manual_seed(0)
-    cfg = tiny_cfg(**{"model.encoder": encoder, "model.radar": radar})
-    model = build_model(cfg).eval()
-    rig = tiny_calibration(cfg)
-    path = tmp_path / "model.onnx"
-    export_onnx(model, cfg, rig, path)
+def test_onnxruntime_matches_pytorch(exported, encoder, radar):
+    cfg, model, rig, path = exported(encoder, radar)
     inputs = example_inputs(cfg, batch=2, seed=1)  # exported at batch 1: the batch axis is dynamic
     expected = torch_heads(model, cfg, rig, inputs)
     got = run_onnx(path, inputs)
@@ -74,18 +88,15 @@ def test_onnxruntime_matches_pytorch(tmp_path, encoder, radar):
         assert relative_difference(a, b) <= PARITY, f"{name}: relative difference {relative_difference(a, b):.2e}"
 
 
-def test_graph_uses_standard_ops_only_and_records_its_rig(tmp_path):
-    cfg = tiny_cfg(**{"model.encoder": "effb0"})
-    model = build_model(cfg).eval()
-    rig = tiny_calibration(cfg)
-    export_onnx(model, cfg, rig, tmp_path / "m.onnx")
-    proto = onnx.load(str(tmp_path / "m.onnx"))
+def test_graph_uses_standard_ops_only_and_records_its_rig(exported):
+    cfg, model, rig, path = exported("effb0")
+    proto = onnx.load(str(path))
     ops = {(n.domain, n.op_type) for n in proto.graph.node}
     assert {domain for domain, _ in ops} <= {"", "ai.onnx"}, ops
     names = {op for _, op in ops}
     assert "GridSample" not in names and {"ScatterND", "InstanceNormalization"} <= names
     assert [i.name for i in proto.graph.input] == ["images"]
-    meta = read_metadata(tmp_path / "m.onnx")
+    meta = read_metadata(path)
     assert meta.calibration_hash == rig.hash and meta.rig == rig
     assert meta.cfg == cfg and meta.model_hash == model_hash(model) and meta.dtype == "fp32"
 
@@ -121,14 +132,12 @@ def test_replk_blocks_are_fused_before_export(tmp_path):
         assert relative_difference(a, b) <= PARITY
 
 
-def test_another_calibration_is_refused(tmp_path):
-    cfg = tiny_cfg(**{"model.encoder": "effb0"})
-    rig, moved = tiny_calibration(cfg), tiny_calibration(cfg, shift_m=0.05)
-    export_onnx(build_model(cfg).eval(), cfg, rig, tmp_path / "m.onnx")
-    meta = read_metadata(tmp_path / "m.onnx")
-    check_calibration(meta, rig, "m.onnx")
+def test_another_calibration_is_refused(exported):
+    cfg, _, rig, path = exported("effb0")
+    meta = read_metadata(path)
+    check_calibration(meta, rig, path.name)
     with pytest.raises(CalibrationMismatchError, match="re-export"):
-        check_calibration(meta, moved, "m.onnx")
+        check_calibration(meta, tiny_calibration(cfg, shift_m=0.05), path.name)
 
 
 def test_fp16_export_runs_close_to_fp32(tmp_path):
