@@ -7,12 +7,15 @@ setup(
     description="Simple-BEV (Harley et al., ICRA 2023) re-implemented: core model, training, ROS 2 node",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["simplebev_core", "simplebev_core.*", "training", "training.*"]),
+    packages=find_packages(include=["simplebev_core", "simplebev_core.*", "simplebev_ros",
+                                    "simplebev_ros.*", "training", "training.*"]),
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
         "numpy>=1.23",
         "PyYAML>=6",
+        # JPEG/PNG decoding shared by the loader and the node (simplebev_core.image_decode).
+        "opencv-python-headless>=4.5",
     ],
     extras_require={
         # Everything under training/: nuScenes devkit, image I/O, logging.
@@ -33,5 +36,7 @@ setup(
             "openvino>=2024.0",
         ],
     },
-    data_files=[("share/simplebev/config", ["config/simplebev.yaml"])],
+    # simplebev_ros needs ROS 2 (rclpy and message packages), which pip cannot install
+    # portably: a ROS 2 install provides it, or `make setup` (requirements-ros.txt) here.
+    entry_points={"console_scripts": ["simplebev-node = simplebev_ros.node:main"]},
 )

@@ -46,7 +46,8 @@ def bench_config(name: str, radar: str):
     from simplebev_core.config import resolve_config  # what training's --preset does
 
     presets = [CPU_PRESET] if name == "cpu" else []
-    return resolve_config(None, presets, ["model.encoder_pretrained=false", f"model.radar={radar}"])
+    sets = ["model.encoder_pretrained=false", f"model.radar={radar}"]
+    return resolve_config(None, presets, sets)
 
 
 def bench_rig(cfg):
@@ -82,7 +83,8 @@ def child_export(cfg, work: Path) -> dict:
     model = seeded_model(cfg)
     t0 = time.perf_counter()
     export_onnx(model, cfg, bench_rig(cfg), work / "model.onnx")
-    return {"export_s": time.perf_counter() - t0, "mib": (work / "model.onnx").stat().st_size / 2**20}
+    size = (work / "model.onnx").stat().st_size
+    return {"export_s": time.perf_counter() - t0, "mib": size / 2**20}
 
 
 def make_step(variant: str, cfg, work: Path, threads: int):
@@ -112,7 +114,8 @@ def make_step(variant: str, cfg, work: Path, threads: int):
     return load_backend(variant, work / "model.onnx", rig, threads=threads), {}
 
 
-def run_variant(variant: str, config: str, radar: str, work: Path, threads: int, repeats: int) -> dict:
+def run_variant(variant: str, config: str, radar: str, work: Path, threads: int,
+                repeats: int) -> dict:
     """Runs inside the child process: one variant, returns its measurements."""
     import torch
 
@@ -143,7 +146,8 @@ def run_variant(variant: str, config: str, radar: str, work: Path, threads: int,
             sync()
             times.append(time.perf_counter() - t0)
     heads = result if isinstance(result, dict) else {h: getattr(result, h) for h in HEADS}
-    np.savez(work / f"{variant}.npz", **{h: heads[h].detach().float().cpu().numpy() for h in HEADS})
+    arrays = {h: heads[h].detach().float().cpu().numpy() for h in HEADS}
+    np.savez(work / f"{variant}.npz", **arrays)
     out.update(times_s=times, peak_bytes=mem.peak)
     return out
 
@@ -178,7 +182,8 @@ def report(title: str, rows: dict[str, dict], work: Path) -> None:
     base = rows.get("eager", {})
     base_ms = statistics.median(base["times_s"]) * 1e3 if "times_s" in base else None
     print(f"\n{title}")
-    print(f"{'variant':<15}{'median ms':>11}{'peak MiB':>10}{'vs eager':>10}{'parity':>10}{'setup s':>9}")
+    print(f"{'variant':<15}{'median ms':>11}{'peak MiB':>10}{'vs eager':>10}{'parity':>10}"
+          f"{'setup s':>9}")
     for variant, r in rows.items():
         if "skipped" in r:
             print(f"{variant:<15}  {r['skipped']}")
@@ -193,23 +198,25 @@ def report(title: str, rows: dict[str, dict], work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="cpu,headline", help="comma list of cpu, headline")
     parser.add_argument("--radar", default="none", choices=["none", "occupancy", "meta"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--variants", help=f"comma list (default: {','.join(CPU_VARIANTS)} on cpu, "
-                                           f"eager + {','.join(CUDA_VARIANTS)} on cuda)")
+    parser.add_argument("--variants", help=f"comma list (default: {','.join(CPU_VARIANTS)} on "
+                                           f"cpu, eager + {','.join(CUDA_VARIANTS)} on cuda)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every variant")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=1, help="passes through all variants, pooled")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="passes through all variants, pooled")
     parser.add_argument("--child-timeout", type=int, default=900)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-config", help=argparse.SUPPRESS)
     parser.add_argument("--child-work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_variant(args.child, args.child_config, args.radar, Path(args.child_work),
-                                     args.threads, args.repeats)))
+        print(json.dumps(run_variant(args.child, args.child_config, args.radar,
+                                     Path(args.child_work), args.threads, args.repeats)))
         return
 
     import onnxruntime
@@ -219,8 +226,9 @@ def main() -> None:
     default = CPU_VARIANTS if args.device == "cpu" else ("eager",) + CUDA_VARIANTS
     variants = tuple(args.variants.split(",")) if args.variants else default
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino "
-          f"{openvino.__version__.split('-')[0]}; threads {args.threads}, batch 1, radar {args.radar}, "
-          f"{args.repeats} forwards x {args.rounds} round(s); load average {os.getloadavg()[0]:.2f}")
+          f"{openvino.__version__.split('-')[0]}; threads {args.threads}, batch 1, radar "
+          f"{args.radar}, {args.repeats} forwards x {args.rounds} round(s); load average "
+          f"{os.getloadavg()[0]:.2f}")
     for config in args.configs.split(","):
         with tempfile.TemporaryDirectory(prefix=f"bench-{config}-") as tmp:
             work = Path(tmp)
@@ -234,13 +242,15 @@ def main() -> None:
                     r = spawn(variant, config, args, work)
                     if variant in rows and "times_s" in r and "times_s" in rows[variant]:
                         rows[variant]["times_s"] += r["times_s"]
-                        rows[variant]["peak_bytes"] = max(rows[variant]["peak_bytes"], r["peak_bytes"])
+                        rows[variant]["peak_bytes"] = max(rows[variant]["peak_bytes"],
+                                                          r["peak_bytes"])
                     else:
                         rows.setdefault(variant, r)
             cfg = bench_config(config, args.radar)
-            title = (f"{config}: {cfg.model.encoder}, 6 x {cfg.input.image_height}x{cfg.input.image_width}, "
-                     f"grid {'x'.join(map(str, cfg.grid.voxels_zyx))}; export {exported['export_s']:.1f} s, "
-                     f"{exported['mib']:.0f} MiB (eager = 1.00x)")
+            title = (f"{config}: {cfg.model.encoder}, 6 x {cfg.input.image_height}x"
+                     f"{cfg.input.image_width}, grid {'x'.join(map(str, cfg.grid.voxels_zyx))}; "
+                     f"export {exported['export_s']:.1f} s, {exported['mib']:.0f} MiB "
+                     "(eager = 1.00x)")
             report(title, rows, work)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 

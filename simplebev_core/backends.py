@@ -27,9 +27,9 @@ from torch import Tensor
 
 from .calibration import RigCalibration, check_cameras, model_inputs
 from .config import SimpleBevConfig, config_to_dict
-from .export import (EXPORT_VERSION, OPSET, OUTPUT_NAMES, CalibrationMismatchError, ExportError,  # noqa: F401
-                     ExportMetadata, MissingPackageError, check_calibration, check_consistent, export_onnx,
-                     model_hash, read_metadata, require)
+from .export import (CalibrationMismatchError, MissingPackageError)  # noqa: F401 (re-exported)
+from .export import (EXPORT_VERSION, OPSET, OUTPUT_NAMES, ExportError, check_calibration,
+                     check_consistent, export_onnx, model_hash, read_metadata, require)
 from .model import Segnet
 
 KINDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -70,7 +70,8 @@ class Backend:
         raise NotImplementedError
 
     def check_inputs(self, images: Tensor, radar: Tensor | None) -> None:
-        S, H, W = len(self.cfg.input.cameras), self.cfg.input.image_height, self.cfg.input.image_width
+        S = len(self.cfg.input.cameras)
+        H, W = self.cfg.input.image_height, self.cfg.input.image_width
         if images.dim() != 5 or tuple(images.shape[1:]) != (S, 3, H, W) or \
                 not (images.is_floating_point() or images.dtype == torch.uint8):
             raise ValueError(f"images: expected float or uint8 (B, {S}, 3, {H}, {W}), got shape "
@@ -80,10 +81,11 @@ class Backend:
             raise ValueError(f"radar: model.radar is '{mode}' but radar was "
                              f"{'given' if radar is not None else 'not given'}")
         if radar is not None:
-            expected = (images.shape[0], 1 if mode == "occupancy" else 16) + tuple(self.cfg.grid.voxels_zyx)
+            channels = 1 if mode == "occupancy" else 16
+            expected = (images.shape[0], channels) + tuple(self.cfg.grid.voxels_zyx)
             if tuple(radar.shape) != expected or not radar.is_floating_point():
-                raise ValueError(f"radar: expected float {expected}, got shape {tuple(radar.shape)} "
-                                 f"dtype {radar.dtype}")
+                raise ValueError(f"radar: expected float {expected}, got shape "
+                                 f"{tuple(radar.shape)} dtype {radar.dtype}")
 
 
 def _as_float_images(images: Tensor) -> Tensor:
@@ -118,8 +120,8 @@ class TorchBackend(Backend):
         autocast = self.dtype != "fp32"
         amp_dtype = torch.bfloat16 if self.dtype == "bf16" else torch.float16
         with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=autocast):
-            out = self.model(images, self.pix_T_cams.expand(B, -1, -1, -1), self.ref_T_cams.expand(B, -1, -1, -1),
-                             radar, lift_table=self.table)
+            out = self.model(images, self.pix_T_cams.expand(B, -1, -1, -1),
+                             self.ref_T_cams.expand(B, -1, -1, -1), radar, lift_table=self.table)
         return BackendOutput(out.segmentation.float(), out.center.float(), out.offset.float())
 
 
@@ -138,13 +140,15 @@ class _ExportedBackend(Backend):
         self.np_dtype = np.float16 if meta.dtype == "fp16" else np.float32
 
     def feeds(self, images: Tensor, radar: Tensor | None) -> dict[str, np.ndarray]:
-        """numpy inputs of the graph's dtypes (uint8 images stay uint8 when the graph takes them)."""
+        """numpy inputs of the graph's dtypes (uint8 images stay uint8 when it takes uint8)."""
         if self.meta.uint8_images:
             if images.dtype != torch.uint8:
-                raise ValueError(f"images: '{self.source}' was exported with uint8 images, got {images.dtype}")
+                raise ValueError(f"images: '{self.source}' was exported with uint8 images, got "
+                                 f"{images.dtype}")
             out = {"images": np.ascontiguousarray(images.cpu().numpy())}
         else:
-            out = {"images": np.ascontiguousarray(_as_float_images(images).cpu().numpy().astype(self.np_dtype))}
+            floats = _as_float_images(images).cpu().numpy().astype(self.np_dtype)
+            out = {"images": np.ascontiguousarray(floats)}
         if radar is not None:
             out["radar"] = np.ascontiguousarray(radar.float().cpu().numpy().astype(self.np_dtype))
         return out
@@ -169,7 +173,8 @@ class OnnxRuntimeBackend(_ExportedBackend):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        self.session = ort.InferenceSession(str(path), sess_options=options,
+                                            providers=list(providers))
 
     def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
         return self.outputs(self.session.run(list(OUTPUT_NAMES), self.feeds(images, radar)))
@@ -221,8 +226,8 @@ class TensorRtBackend(_ExportedBackend):
             raise BackendError("tensorrt backend: no CUDA device is available")
         super().__init__(path, calibration)
         if self.meta.dtype != "fp32":
-            raise BackendError(f"tensorrt backend: build from an fp32 export ('{path}' is {self.meta.dtype}); "
-                               "precision is chosen by the engine builder")
+            raise BackendError(f"tensorrt backend: build from an fp32 export ('{path}' is "
+                               f"{self.meta.dtype}); precision is chosen by the engine builder")
         self.precision, self.max_batch = precision, max_batch
         self.engine_path = Path(path).with_suffix(f".{precision}.b{max_batch}.engine")
         self.build_s = 0.0
@@ -232,8 +237,9 @@ class TensorRtBackend(_ExportedBackend):
         runtime = self.trt.Runtime(logger)
         self.engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
-            raise BackendError(f"tensorrt backend: engine '{self.engine_path}' cannot be deserialised "
-                               "(built by another TensorRT version or GPU?); delete it to rebuild")
+            raise BackendError(f"tensorrt backend: engine '{self.engine_path}' cannot be "
+                               "deserialised (built by another TensorRT version or GPU?); "
+                               "delete it to rebuild")
         self.context = self.engine.create_execution_context()
 
     def _build(self, logger) -> float:
@@ -262,14 +268,16 @@ class TensorRtBackend(_ExportedBackend):
 
     def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
         if images.shape[0] > self.max_batch:
-            raise ValueError(f"images: batch {images.shape[0]} exceeds the engine's max_batch {self.max_batch}")
+            raise ValueError(f"images: batch {images.shape[0]} exceeds the engine's max_batch "
+                             f"{self.max_batch}")
         device = torch.device("cuda")
         inputs = {"images": _as_float_images(images).to(device).contiguous()}
         if radar is not None:
             inputs["radar"] = radar.float().to(device).contiguous()
         B = images.shape[0]
         Z, X = self.cfg.grid.voxels_zyx[0], self.cfg.grid.voxels_zyx[2]
-        outputs = {name: torch.empty(B, c, Z, X, device=device) for name, c in zip(OUTPUT_NAMES, (1, 1, 2))}
+        outputs = {name: torch.empty(B, c, Z, X, device=device)
+                   for name, c in zip(OUTPUT_NAMES, (1, 1, 2))}
         for name, t in inputs.items():
             self.context.set_input_shape(name, tuple(t.shape))
         for name, t in {**inputs, **outputs}.items():
@@ -288,17 +296,19 @@ def export_key(weights_hash: str, calibration: RigCalibration, cfg: SimpleBevCon
                uint8_images: bool = False) -> str:
     """The cache key of an export: what the exported file depends on, hashed."""
     text = json.dumps({"version": EXPORT_VERSION, "opset": OPSET, "weights": weights_hash,
-                       "calibration": calibration.hash, "config": config_to_dict(cfg), "dtype": dtype,
-                       "uint8_images": uint8_images}, sort_keys=True)
+                       "calibration": calibration.hash, "config": config_to_dict(cfg),
+                       "dtype": dtype, "uint8_images": uint8_images}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def cached_export(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration, cache_dir: str | Path,
-                  dtype: str = "fp32", uint8_images: bool = False) -> tuple[Path, bool]:
+def cached_export(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration,
+                  cache_dir: str | Path, dtype: str = "fp32",
+                  uint8_images: bool = False) -> tuple[Path, bool]:
     """(path, was_cached): the exported file for this model + rig, exporting on a cache miss."""
     check_cameras(calibration, cfg)
     weights = model_hash(model)
-    path = Path(cache_dir).expanduser() / f"segnet-{export_key(weights, calibration, cfg, dtype, uint8_images)}.onnx"
+    key = export_key(weights, calibration, cfg, dtype, uint8_images)
+    path = Path(cache_dir).expanduser() / f"segnet-{key}.onnx"
     if path.is_file():
         try:
             meta = read_metadata(path)
@@ -310,8 +320,8 @@ def cached_export(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibrati
     return path, False
 
 
-def load_backend(kind: str, path: str | Path, calibration: RigCalibration, *, threads: int | None = None,
-                 precision: str = "fp16") -> Backend:
+def load_backend(kind: str, path: str | Path, calibration: RigCalibration, *,
+                 threads: int | None = None, precision: str = "fp16") -> Backend:
     """A runtime backend for an already exported file; refuses another rig's calibration."""
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(path, calibration, threads)
@@ -319,7 +329,8 @@ def load_backend(kind: str, path: str | Path, calibration: RigCalibration, *, th
         return OpenVinoBackend(path, calibration, threads)
     if kind == "tensorrt":
         return TensorRtBackend(path, calibration, precision)
-    raise BackendError(f"backend '{kind}' does not run exported files (one of onnxruntime, openvino, tensorrt)")
+    raise BackendError(f"backend '{kind}' does not run exported files (one of onnxruntime, "
+                       "openvino, tensorrt)")
 
 
 def build_backend(kind: str, model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration,

@@ -84,7 +84,8 @@ class RigCalibration:
     @property
     def hash(self) -> str:
         """sha256 of the canonical JSON of the cameras (floats written exactly, via repr)."""
-        text = json.dumps([c.to_dict() for c in self.cameras], sort_keys=True, separators=(",", ":"))
+        cameras = [c.to_dict() for c in self.cameras]
+        text = json.dumps(cameras, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,9 +104,10 @@ def from_matrices(names: Sequence[str], raw_hw: Sequence[tuple[int, int]], pix_T
     ego_T_cams (S, 4, 4) camera optical frame -> ego.
     """
     S = len(names)
-    if len(raw_hw) != S or tuple(pix_T_cams.shape) != (S, 4, 4) or tuple(ego_T_cams.shape) != (S, 4, 4):
-        raise CalibrationError(f"calibration: {S} names need {S} image sizes and (S,4,4) matrices, got "
-                               f"{len(raw_hw)}, {tuple(pix_T_cams.shape)} and {tuple(ego_T_cams.shape)}")
+    shapes = (tuple(pix_T_cams.shape), tuple(ego_T_cams.shape))
+    if len(raw_hw) != S or shapes != ((S, 4, 4), (S, 4, 4)):
+        raise CalibrationError(f"calibration: {S} names need {S} image sizes and (S,4,4) "
+                               f"matrices, got {len(raw_hw)}, {shapes[0]} and {shapes[1]}")
     cameras = []
     for s, name in enumerate(names):
         K, T = pix_T_cams[s].double(), ego_T_cams[s].double()
@@ -145,7 +147,8 @@ def model_inputs(calibration: RigCalibration, cfg: SimpleBevConfig) -> tuple[Ten
     pix, ego = [], []
     for cam in calibration.cameras:
         K = intrinsics_matrix(cam.fx, cam.fy, cam.cx, cam.cy)
-        pix.append(resize_crop_intrinsics(K, (cam.height, cam.width), ResizeCrop.plain(final_hw), half_pixel))
+        raw_hw = (cam.height, cam.width)
+        pix.append(resize_crop_intrinsics(K, raw_hw, ResizeCrop.plain(final_hw), half_pixel))
         # float32 before composing, as the loader does.
         ego.append(torch.tensor(cam.ego_T_cam, dtype=torch.float64).float())
     ref_index = cfg.input.cameras.index(cfg.input.ref_camera)
@@ -191,20 +194,22 @@ def load(path: str | Path) -> RigCalibration:
         raise CalibrationError(f"calibration file '{path}': {e}") from None
     stored = data.get("hash")
     if stored is not None and stored != calibration.hash:
-        raise CalibrationError(f"calibration file '{path}': stored hash {stored} does not match its contents "
-                               f"({calibration.hash}); it was edited after it was written (re-save it, "
-                               "or delete the hash line)")
+        raise CalibrationError(f"calibration file '{path}': stored hash {stored} does not match "
+                               f"its contents ({calibration.hash}); it was edited after it was "
+                               "written (re-save it, or delete the hash line)")
     return calibration
 
 
 def from_dict(data: Any) -> RigCalibration:
     """Nested dict (the file's contents) -> validated RigCalibration."""
     if not isinstance(data, Mapping):
-        raise CalibrationError(f"expected a mapping with a 'cameras' list, got {type(data).__name__}")
+        raise CalibrationError("expected a mapping with a 'cameras' list, got "
+                               f"{type(data).__name__}")
     if data.get("format", FORMAT_NAME) != FORMAT_NAME:
         raise CalibrationError(f"'format' is '{data.get('format')}', expected '{FORMAT_NAME}'")
     if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise CalibrationError(f"'version' {data.get('version')} is not supported (expected {FORMAT_VERSION})")
+        raise CalibrationError(f"'version' {data.get('version')} is not supported "
+                               f"(expected {FORMAT_VERSION})")
     cams = data.get("cameras")
     if not isinstance(cams, list) or not cams:
         raise CalibrationError("'cameras' must be a non-empty list")
@@ -232,10 +237,12 @@ def _camera(d: Any, where: str) -> CameraCalibration:
             raise CalibrationError(f"'{where}.{key}' must be a positive integer, got {d[key]!r}")
     for key in ("fx", "fy", "cx", "cy"):
         if not _is_number(d[key]) or (key in ("fx", "fy") and d[key] <= 0):
-            raise CalibrationError(f"'{where}.{key}' must be a finite number{' > 0' if key[0] == 'f' else ''}, "
+            bound = " > 0" if key in ("fx", "fy") else ""
+            raise CalibrationError(f"'{where}.{key}' must be a finite number{bound}, "
                                    f"got {d[key]!r}")
-    return CameraCalibration(name=d["name"], width=d["width"], height=d["height"], fx=float(d["fx"]),
-                             fy=float(d["fy"]), cx=float(d["cx"]), cy=float(d["cy"]),
+    return CameraCalibration(name=d["name"], width=d["width"], height=d["height"],
+                             fx=float(d["fx"]), fy=float(d["fy"]),
+                             cx=float(d["cx"]), cy=float(d["cy"]),
                              ego_T_cam=_rigid(d["ego_T_cam"], f"{where}.ego_T_cam"))
 
 
@@ -244,21 +251,24 @@ def _rigid(value: Any, where: str) -> tuple[tuple[float, ...], ...]:
     if isinstance(value, Mapping):
         t, q = value.get("translation"), value.get("quat_wxyz")
         if set(value) != {"translation", "quat_wxyz"} or not _numbers(t, 3) or not _numbers(q, 4):
-            raise CalibrationError(f"'{where}' as a mapping needs exactly translation [x, y, z] and "
-                                   f"quat_wxyz [w, x, y, z], got {dict(value)}")
+            raise CalibrationError(f"'{where}' as a mapping needs exactly translation [x, y, z] "
+                                   f"and quat_wxyz [w, x, y, z], got {dict(value)}")
         if math.sqrt(sum(v * v for v in q)) < 1e-6:
             raise CalibrationError(f"'{where}.quat_wxyz' is zero")
-        T = pose_to_matrix(torch.tensor(t, dtype=torch.float64), torch.tensor(q, dtype=torch.float64))
+        T = pose_to_matrix(torch.tensor(t, dtype=torch.float64),
+                           torch.tensor(q, dtype=torch.float64))
     else:
-        if not isinstance(value, list) or len(value) != 4 or not all(_numbers(row, 4) for row in value):
-            raise CalibrationError(f"'{where}' must be a 4x4 list of numbers or {{translation, quat_wxyz}}")
+        if not (isinstance(value, list) and len(value) == 4
+                and all(_numbers(row, 4) for row in value)):
+            raise CalibrationError(f"'{where}' must be a 4x4 list of numbers or "
+                                   "{translation, quat_wxyz}")
         T = torch.tensor(value, dtype=torch.float64)
     R = T[:3, :3]
     orthonormal = torch.allclose(R @ R.T, torch.eye(3, dtype=torch.float64), atol=RIGID_TOLERANCE)
-    if not orthonormal or torch.det(R) < 0 or not torch.equal(T[3], torch.tensor([0.0, 0.0, 0.0, 1.0],
-                                                                                 dtype=torch.float64)):
-        raise CalibrationError(f"'{where}' is not a rigid transform (rotation block not orthonormal with "
-                               "det +1, or last row not [0, 0, 0, 1])")
+    last_row = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    if not orthonormal or torch.det(R) < 0 or not torch.equal(T[3], last_row):
+        raise CalibrationError(f"'{where}' is not a rigid transform (rotation block not "
+                               "orthonormal with det +1, or last row not [0, 0, 0, 1])")
     return tuple(tuple(float(v) for v in row) for row in T.tolist())
 
 

@@ -262,6 +262,8 @@ class NodeConfig:
     # How far a TF lookup may extrapolate past the newest (or before the oldest) transform.
     tf_tolerance_s: float = 0.05
     tf_cache_s: float = 10.0
+    # A set whose transforms or CameraInfo have not arrived yet is retried this long.
+    input_wait_s: float = 0.2
     input_qos: str = "sensor_data"
     input_qos_depth: int = 5
     occupancy_topic: str = "/bev/occupancy"
@@ -284,7 +286,8 @@ class NodeConfig:
         for name in ("sync_slop_s", "missing_camera_timeout_s", "tf_cache_s",
                      "diagnostics_period_s", "camera_silence_warn_s"):
             _check(getattr(self, name) > 0.0, f"{prefix}.{name}", "must be positive")
-        _check(self.tf_tolerance_s >= 0.0, f"{prefix}.tf_tolerance_s", "must be >= 0")
+        for name in ("tf_tolerance_s", "input_wait_s"):
+            _check(getattr(self, name) >= 0.0, f"{prefix}.{name}", "must be >= 0")
         for name in ("sync_queue_size", "input_qos_depth"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
         for name in ("image_topic_pattern", "camera_info_topic_pattern"):
@@ -498,3 +501,37 @@ def write_params_file(cfg: SimpleBevConfig, path: str | Path, node_name: str = N
     doc = {node_name: {"ros__parameters": config_to_dict(cfg)}}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def describe_keys(path: str | Path | None = None) -> dict[str, str]:
+    """{dotted key: the comment lines written above it} in a params file (default: the shipped
+    config/simplebev.yaml, whose comments document every key). Used for ROS parameter
+    descriptions and the README's configuration reference."""
+    lines = Path(path if path is not None else DEFAULT_CONFIG_PATH).read_text().splitlines()
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing mappings
+    comment: list[str] = []
+    last = ""
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            comment.append(text.lstrip("#").strip())
+            continue
+        match = re.match(r"^(\s*)([A-Za-z_][\w]*):", line)
+        if not match:
+            if not text:
+                comment = []
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parents = [k for _, k in stack if k not in (NODE_NAME, "ros__parameters")]
+        if line.rstrip().endswith(":"):
+            stack.append((indent, key))
+        elif parents:
+            # A key without its own comment shares the comment of the group above it.
+            group = " ".join(comment) or (out[last] if last and last.rsplit(".", 1)[0] == ".".join(parents) else "")
+            last = ".".join(parents + [key])
+            out[last] = group
+        comment = []
+    return out

@@ -181,7 +181,7 @@ class FixedRigSegnet(nn.Module):
         super().__init__()
         self.model, self.lift, self.uint8_images = model, lift, uint8_images
 
-    def forward(self, images: Tensor, radar: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, radar: Tensor | None = None) -> tuple[Tensor, ...]:
         m = self.model
         B, S = images.shape[:2]
         x = images.to(m.mean.dtype) / 255.0 if self.uint8_images else images
@@ -199,7 +199,8 @@ def fixed_rig_model(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibra
     if dtype not in DTYPES:
         raise ExportError(f"dtype '{dtype}' is not one of {sorted(DTYPES)}")
     pix_T_cams, ref_T_cams = model_inputs(calibration, cfg)
-    table = model.make_lift_table(pix_T_cams, ref_T_cams, (cfg.input.image_height, cfg.input.image_width))
+    image_hw = (cfg.input.image_height, cfg.input.image_width)
+    table = model.make_lift_table(pix_T_cams, ref_T_cams, image_hw)
     copied = copy.deepcopy(model).cpu().eval()
     reparameterize_model(copied)
     return FixedRigSegnet(copied, GatherLift(table), uint8_images).to(DTYPES[dtype]).eval()
@@ -210,9 +211,11 @@ def check_consistent(model: Segnet, cfg: SimpleBevConfig) -> None:
     for section in ("model", "grid"):
         mine, theirs = getattr(model.cfg, section), getattr(cfg, section)
         if section == "model":  # whether ImageNet weights were loaded at construction is moot here
-            mine, theirs = replace(mine, encoder_pretrained=False), replace(theirs, encoder_pretrained=False)
+            mine = replace(mine, encoder_pretrained=False)
+            theirs = replace(theirs, encoder_pretrained=False)
         if mine != theirs:
-            raise ExportError(f"config section '{section}' differs from the one the model was built with")
+            raise ExportError(f"config section '{section}' differs from the one the model was "
+                              "built with")
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -234,24 +237,29 @@ class ExportMetadata:
         return {"simplebev.format": EXPORT_FORMAT, "simplebev.version": str(EXPORT_VERSION),
                 "simplebev.calibration_hash": self.calibration_hash,
                 "simplebev.calibration": json.dumps(self.calibration),
-                "simplebev.config": json.dumps(self.config), "simplebev.model_hash": self.model_hash,
-                "simplebev.dtype": self.dtype, "simplebev.uint8_images": str(int(self.uint8_images)),
+                "simplebev.config": json.dumps(self.config),
+                "simplebev.model_hash": self.model_hash, "simplebev.dtype": self.dtype,
+                "simplebev.uint8_images": str(int(self.uint8_images)),
                 "simplebev.radar": self.radar}
 
     @staticmethod
     def from_props(props: dict[str, str], where: str) -> "ExportMetadata":
-        if props.get("simplebev.format") != EXPORT_FORMAT or props.get("simplebev.version") != str(EXPORT_VERSION):
-            raise ExportError(f"'{where}' is not a {EXPORT_FORMAT} v{EXPORT_VERSION} file (no or other "
-                              "simplebev.* metadata); export it with python -m simplebev_core.export")
+        tag = (props.get("simplebev.format"), props.get("simplebev.version"))
+        if tag != (EXPORT_FORMAT, str(EXPORT_VERSION)):
+            raise ExportError(f"'{where}' is not a {EXPORT_FORMAT} v{EXPORT_VERSION} file (no or "
+                              "other simplebev.* metadata); export it with "
+                              "python -m simplebev_core.export")
         try:
             return ExportMetadata(
                 calibration_hash=props["simplebev.calibration_hash"],
                 calibration=json.loads(props["simplebev.calibration"]),
-                config=json.loads(props["simplebev.config"]), model_hash=props["simplebev.model_hash"],
-                dtype=props["simplebev.dtype"], uint8_images=props["simplebev.uint8_images"] == "1",
+                config=json.loads(props["simplebev.config"]),
+                model_hash=props["simplebev.model_hash"], dtype=props["simplebev.dtype"],
+                uint8_images=props["simplebev.uint8_images"] == "1",
                 radar=props["simplebev.radar"])
         except (KeyError, json.JSONDecodeError) as e:
-            raise ExportError(f"'{where}': simplebev metadata incomplete or corrupt ({e})") from None
+            raise ExportError(f"'{where}': simplebev metadata incomplete or corrupt ({e})") \
+                from None
 
     @property
     def cfg(self) -> SimpleBevConfig:
@@ -271,7 +279,8 @@ def read_metadata(path: str | Path) -> ExportMetadata:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends: the file is torn or not ONNX
-        raise ExportError(f"exported model '{path}' cannot be read as ONNX ({type(e).__name__}: {e})") from e
+        raise ExportError(f"exported model '{path}' cannot be read as ONNX "
+                          f"({type(e).__name__}: {e})") from e
     return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
@@ -279,8 +288,9 @@ def check_calibration(meta: ExportMetadata, calibration: RigCalibration, where: 
     """Refuse to use an exported model with a calibration other than the one it was built for."""
     if meta.calibration_hash != calibration.hash:
         raise CalibrationMismatchError(
-            f"'{where}' was exported for calibration {meta.calibration_hash[:12]}, but this rig's calibration "
-            f"is {calibration.hash[:12]}: the lift is baked into the file, so re-export it for this rig")
+            f"'{where}' was exported for calibration {meta.calibration_hash[:12]}, but this "
+            f"rig's calibration is {calibration.hash[:12]}: the lift is baked into the file, so "
+            "re-export it for this rig")
 
 
 def model_hash(model: nn.Module) -> str:
@@ -297,7 +307,8 @@ def model_hash(model: nn.Module) -> str:
 
 
 def export_onnx(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration, out: str | Path,
-                dtype: str = "fp32", uint8_images: bool = False, weights_hash: str | None = None) -> ExportMetadata:
+                dtype: str = "fp32", uint8_images: bool = False,
+                weights_hash: str | None = None) -> ExportMetadata:
     """Write `model` for this rig to `out` (atomically) and return the metadata it records.
 
     `weights_hash` defaults to model_hash(model) (pass it when already known).
@@ -314,16 +325,18 @@ def export_onnx(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration
     with warnings.catch_warnings():
         # The TorchScript exporter is the one that runs without onnxscript; it warns that a newer
         # one exists, and tracing warns about shape-derived Python ints (sizes are fixed here).
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based")
+        warnings.filterwarnings("ignore", message="The feature will be removed",
+                                category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # InstanceNorm without running statistics normalises by the input's own statistics in
         # eval mode too, which is what the exporter's "train=True" note says it does.
         warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
         with torch.no_grad():
-            torch.onnx.export(net, args, buffer, dynamo=False, opset_version=OPSET, input_names=input_names,
-                              output_names=list(OUTPUT_NAMES),
-                              dynamic_axes={name: {0: "B"} for name in input_names + list(OUTPUT_NAMES)})
+            names = input_names + list(OUTPUT_NAMES)
+            torch.onnx.export(net, args, buffer, dynamo=False, opset_version=OPSET,
+                              input_names=input_names, output_names=list(OUTPUT_NAMES),
+                              dynamic_axes={name: {0: "B"} for name in names})
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.to_props().items():
         entry = proto.metadata_props.add()
@@ -342,10 +355,11 @@ def example_inputs(cfg: SimpleBevConfig, dtype: str = "fp32", uint8_images: bool
     if cfg.model.radar == "none":
         return (images,)
     Z, Y, X = cfg.grid.voxels_zyx
-    channels = 1 if cfg.model.radar == "occupancy" else 16
-    occupied = (torch.rand(batch, 1, Z, Y, X, generator=g) > 0.95).float()
-    radar = occupied if channels == 1 else torch.randn(batch, channels, Z, Y, X, generator=g) * occupied
-    return images, radar.to(DTYPES[dtype])
+    occupied = (torch.rand(batch, 1, Z, Y, X, generator=g) > 0.95).float()  # 5 % of voxels
+    if cfg.model.radar == "occupancy":
+        return images, occupied.to(DTYPES[dtype])
+    meta = torch.randn(batch, 16, Z, Y, X, generator=g) * occupied
+    return images, meta.to(DTYPES[dtype])
 
 
 def _atomic_write(path: Path, data: bytes, check: Any = None) -> None:
@@ -375,8 +389,8 @@ def config_for_checkpoint(params_file: str, checkpoint: str, radar: bool) -> Sim
         cfg = replace(cfg, model=trained.model, grid=trained.grid)
     if radar:
         if trained is not None and trained.model.radar != "meta":
-            raise ConfigError(f"--radar, but checkpoint '{checkpoint}' was trained with model.radar "
-                              f"'{trained.model.radar}'")
+            raise ConfigError(f"--radar, but checkpoint '{checkpoint}' was trained with "
+                              f"model.radar '{trained.model.radar}'")
         cfg = replace(cfg, model=replace(cfg.model, radar="meta"))
     # The checkpoint brings the weights: never fetch ImageNet ones.
     return replace(cfg, model=replace(cfg.model, encoder_pretrained=False))
@@ -385,13 +399,16 @@ def config_for_checkpoint(params_file: str, checkpoint: str, radar: bool) -> Sim
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simplebev_core.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="simplebev or upstream checkpoint (file or dir)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="simplebev or upstream checkpoint (file or directory)")
     parser.add_argument("--params-file", required=True, help="config in ROS 2 params-file form")
     parser.add_argument("--calibration", required=True, help="rig calibration YAML/JSON")
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    parser.add_argument("--radar", action="store_true", help="the model takes meta-radar (model.radar: meta)")
-    parser.add_argument("--uint8-images", action="store_true", help="images input as uint8 in [0, 255]")
+    parser.add_argument("--radar", action="store_true",
+                        help="the model takes meta-radar (model.radar: meta)")
+    parser.add_argument("--uint8-images", action="store_true",
+                        help="images input as uint8 in [0, 255]")
     args = parser.parse_args(argv)
     try:
         t0 = time.perf_counter()
@@ -401,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg).eval()
         load_checkpoint(args.checkpoint, model)
         meta = export_onnx(model, cfg, calibration, args.out, args.dtype, args.uint8_images)
-    except (ConfigError, CheckpointError, CalibrationError, ExportError, MissingPackageError, OSError) as e:
+    except (ConfigError, CheckpointError, CalibrationError, ExportError, MissingPackageError,
+            OSError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     size = Path(args.out).stat().st_size / 2**20

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from simplebev_core.calibration import RigCalibration, from_matrices
 from simplebev_core.config import SimpleBevConfig
 from simplebev_core.frame import CameraInput, RawFrame, moving_sensor_pose
 from simplebev_core.geometry import invert_rigid
@@ -130,10 +131,13 @@ class FrameSource:
         return RawFrame(names=self.names, cameras=cameras, radar=radar, stamp_ns=synced.stamp_ns,
                         token=str(synced.stamp_ns))
 
-    def base_T_ref(self) -> Tensor:
-        """The reference camera's calibration in base_link (for the output grid)."""
-        slot = self.names.index(self.cfg.input.ref_camera)
-        intrinsics = self.intrinsics[slot]
-        if intrinsics is None:
-            raise MissingInputError(f"no CameraInfo received yet for {self.cfg.input.ref_camera}")
-        return self.tf.lookup(self.cfg.node.base_frame, intrinsics.frame_id, 0)
+    def rig_calibration(self) -> RigCalibration:
+        """The rig as CameraInfo and the static transforms describe it (base_T_cam per camera):
+        keys the node's per-rig caches, and can be saved for export (simplebev_core.calibration)."""
+        missing = [n for n, i in zip(self.names, self.intrinsics) if i is None]
+        if missing:
+            raise MissingInputError(f"no CameraInfo received yet for {missing}")
+        base_T_cams = torch.stack([self.tf.lookup(self.cfg.node.base_frame, i.frame_id, 0)
+                                   for i in self.intrinsics])
+        return from_matrices(self.names, [i.raw_hw for i in self.intrinsics],
+                             torch.stack([i.pix_T_cam for i in self.intrinsics]), base_T_cams)

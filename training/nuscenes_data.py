@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -157,12 +157,22 @@ class NuScenesBev(Dataset):
     dataset[(i, seed)] -> Sample augmented by `augmentation(seed)` (training sets only).
     """
 
-    def __init__(self, cfg: SimpleBevConfig, dataroot: str | Path, version: str, split: str,
-                 train: bool, nusc: Any = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, cfg: SimpleBevConfig, dataroot: str | Path, version: str, split: str | None,
+                 train: bool, nusc: Any = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 scenes: Sequence[str] | None = None):
+        """`scenes` (scene names) replaces the devkit split when given (the bag converter)."""
         self.cfg, self.train, self.dataroot = cfg, train, Path(dataroot)
         self.grid = VoxelGrid(cfg.grid)
         self.nusc = nusc if nusc is not None else open_nuscenes(dataroot, version)
-        names = split_scene_names(version, split)
+        if scenes is not None:
+            known = {s["name"] for s in self.nusc.scene}
+            unknown = sorted(set(scenes) - known)
+            if unknown:
+                raise DataFileError(f"scene(s) {unknown} not in nuScenes '{version}' at '{dataroot}' "
+                                    f"(known: {sorted(known)})")
+            names = set(scenes)
+        else:
+            names = split_scene_names(version, split)
         scenes = sorted((s for s in self.nusc.scene if s["name"] in names), key=lambda s: s["name"])
         if not scenes:
             raise ValueError(f"no scenes of split '{split}' ({version}) found under '{dataroot}'")

@@ -22,8 +22,10 @@ class DataFileError(RuntimeError):
     """A dataset file is missing or cannot be parsed."""
 
 
-def read_radar_pcd(path: str | Path) -> np.ndarray:
-    """A binary nuScenes radar .pcd -> (N, 18) float32 in RADAR_FIELDS order, sensor frame."""
+def read_radar_pcd_records(path: str | Path) -> np.ndarray:
+    """A binary nuScenes radar .pcd -> its points as stored: a structured array of the file's
+    fields and types (18 fields, 43 bytes per point), sensor frame, nothing dropped. The bag
+    converter writes these bytes unchanged; training reads them through `read_radar_pcd`."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -50,10 +52,20 @@ def read_radar_pcd(path: str | Path) -> np.ndarray:
             raise ValueError(f"DATA {header['DATA'][0]} is not supported (binary only)")
         if len(raw) - pos < n * dtype.itemsize:
             raise ValueError(f"{len(raw) - pos} data bytes for {n} points of {dtype.itemsize} bytes")
-        data = np.frombuffer(raw, dtype=dtype, count=n, offset=pos)
         missing = [f for f in RADAR_FIELDS if f not in fields]
         if missing:
             raise ValueError(f"fields {missing} missing")
+        return np.frombuffer(raw, dtype=dtype, count=n, offset=pos)
     except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
         raise DataFileError(f"radar file '{path}' is corrupt or not a nuScenes radar PCD: {e}") from e
-    return np.stack([data[f].astype(np.float32) for f in RADAR_FIELDS], axis=1) if n else np.zeros((0, 18), np.float32)
+
+
+def read_radar_pcd(path: str | Path) -> np.ndarray:
+    """A binary nuScenes radar .pcd -> (N, 18) float32 in RADAR_FIELDS order, sensor frame.
+    Rows with a non-finite value (the empty-sweep placeholder) are dropped."""
+    data = read_radar_pcd_records(path)
+    points = np.stack([data[f].astype(np.float32) for f in RADAR_FIELDS], axis=1) if len(data) \
+        else np.zeros((0, len(RADAR_FIELDS)), np.float32)
+    # nuScenes writes an empty sweep as one NaN point (a PCD needs WIDTH > 0), which the devkit
+    # reads as no points. A non-finite row cannot be placed in the grid, so every such row goes.
+    return points[np.isfinite(points).all(axis=1)]

@@ -52,7 +52,8 @@ def test_torch_and_onnxruntime_backends_give_matching_grids(setup, tmp_path):
     # uint8 images are the same as float / 255 in both
     as_uint8 = (images * 255).round().to(torch.uint8)
     assert_same_grids(eager(as_uint8, radar), runtime(as_uint8, radar))
-    assert torch.allclose(eager(as_uint8, radar).center, eager(as_uint8.float() / 255, radar).center)
+    from_uint8, from_float = eager(as_uint8, radar), eager(as_uint8.float() / 255, radar)
+    assert torch.allclose(from_uint8.center, from_float.center)
 
 
 def test_export_cache_is_keyed_by_weights_and_calibration(setup, tmp_path):

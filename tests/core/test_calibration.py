@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from simplebev_core import calibration as calib
-from simplebev_core.geometry import apply_4x4, invert_rigid, matrix_to_quat_wxyz, project_to_pixels
+from simplebev_core.geometry import (apply_4x4, intrinsics_matrix, invert_rigid,
+                                     matrix_to_quat_wxyz, project_to_pixels)
 
 from .deploy_rigs import RAW_HW, tiny_calibration, tiny_cfg
 
@@ -20,7 +21,8 @@ def test_save_load_round_trip_keeps_every_value_and_the_hash(tmp_path, suffix):
     path = calib.save(rig, tmp_path / f"rig{suffix}")
     loaded = calib.load(path)
     assert loaded == rig and loaded.hash == rig.hash
-    stored = json.loads(path.read_text()) if suffix == ".json" else yaml.safe_load(path.read_text())
+    text = path.read_text()
+    stored = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
     assert stored["hash"] == rig.hash and [c["name"] for c in stored["cameras"]] == list(rig.names)
 
 
@@ -28,7 +30,8 @@ def test_hash_changes_with_any_value_and_is_stable():
     rig = tiny_calibration(tiny_cfg())
     assert rig.hash == tiny_calibration(tiny_cfg()).hash
     first = rig.cameras[0]
-    variants = [replace(first, fx=first.fx + 1e-9), replace(first, width=first.width + 1), replace(first, name="X"),
+    variants = [replace(first, fx=first.fx + 1e-9), replace(first, width=first.width + 1),
+                replace(first, name="X"),
                 replace(first, ego_T_cam=((1.0, 0.0, 0.0, 1e-6),) + first.ego_T_cam[1:])]
     for cam in variants:
         assert calib.RigCalibration((cam,) + rig.cameras[1:]).hash != rig.hash
@@ -40,7 +43,8 @@ def test_translation_and_quaternion_form_gives_the_same_rig(tmp_path):
     del data["hash"]
     for cam in data["cameras"]:
         T = torch.tensor(cam["ego_T_cam"], dtype=torch.float64)
-        cam["ego_T_cam"] = {"translation": T[:3, 3].tolist(), "quat_wxyz": matrix_to_quat_wxyz(T[:3, :3]).tolist()}
+        cam["ego_T_cam"] = {"translation": T[:3, 3].tolist(),
+                            "quat_wxyz": matrix_to_quat_wxyz(T[:3, :3]).tolist()}
     path = tmp_path / "quat.yaml"
     path.write_text(yaml.safe_dump(data))
     loaded = calib.load(path)
@@ -55,8 +59,10 @@ def test_translation_and_quaternion_form_gives_the_same_rig(tmp_path):
     (lambda d: d["cameras"][0].pop("fx"), r"cameras\[0\].*missing keys \['fx'\]"),
     (lambda d: d["cameras"][1].update(fy=-3.0), r"cameras\[1\]\.fy"),
     (lambda d: d["cameras"][0].update(width=90.5), r"cameras\[0\]\.width"),
-    (lambda d: d["cameras"][0]["ego_T_cam"][0].__setitem__(0, 2.0), r"cameras\[0\]\.ego_T_cam.*not a rigid"),
-    (lambda d: d["cameras"][0].update(ego_T_cam={"translation": [0, 0]}), r"cameras\[0\]\.ego_T_cam"),
+    (lambda d: d["cameras"][0]["ego_T_cam"][0].__setitem__(0, 2.0),
+     r"cameras\[0\]\.ego_T_cam.*not a rigid"),
+    (lambda d: d["cameras"][0].update(ego_T_cam={"translation": [0, 0]}),
+     r"cameras\[0\]\.ego_T_cam"),
     (lambda d: d["cameras"][1].update(name=d["cameras"][0]["name"]), "unique"),
     (lambda d: d.update(cameras=[]), "non-empty"),
     (lambda d: d["cameras"][0].update(cx=d["cameras"][0]["cx"] + 1.0), "stored hash"),
@@ -92,11 +98,12 @@ def test_model_inputs_project_like_the_raw_camera(convention):
     ref_T_ego = invert_rigid(torch.tensor(rig.cameras[ref_index].ego_T_cam))
     xyz_cam = torch.tensor([[0.4, -0.3, 5.0], [-1.0, 0.5, 9.0]])  # in front of the camera
     for s, cam in enumerate(rig.cameras):
-        K_raw = torch.tensor([[cam.fx, 0, cam.cx, 0], [0, cam.fy, cam.cy, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+        K_raw = intrinsics_matrix(cam.fx, cam.fy, cam.cx, cam.cy)
         xy_raw, _ = project_to_pixels(K_raw, xyz_cam)
         xyz_ref = apply_4x4(ref_T_ego @ torch.tensor(cam.ego_T_cam), xyz_cam)
         xy, _ = project_to_pixels(pix_T_cams[s], apply_4x4(invert_rigid(ref_T_cams[s]), xyz_ref))
-        expected = torch.stack([(xy_raw[:, 0] + half) * sx - half, (xy_raw[:, 1] + half) * sy - half], -1)
+        expected = torch.stack([(xy_raw[:, 0] + half) * sx - half,
+                                (xy_raw[:, 1] + half) * sy - half], -1)
         assert torch.allclose(xy, expected, atol=1e-3)
 
 
@@ -111,13 +118,13 @@ def test_camera_names_must_match_the_config():
 def test_from_sample_record_reads_the_loader_fields():
     class Record:  # the camera fields of training.nuscenes_data.FrameRecord
         raw_hw = [RAW_HW, RAW_HW]
-        pix_T_cams = torch.stack([torch.eye(4), torch.eye(4)]) * torch.tensor([50.0, 50.0, 1.0, 1.0])[:, None]
+        pix_T_cams = intrinsics_matrix(50.0, 50.0, 80.0, 45.0).expand(2, 4, 4).clone()
         ego_T_cams = torch.eye(4, dtype=torch.float64).expand(2, 4, 4).clone()
 
-    Record.pix_T_cams[:, 0, 2], Record.pix_T_cams[:, 1, 2] = 80.0, 45.0
     Record.ego_T_cams[1, 0, 3] = 1.25
     rig = calib.from_sample_record(Record(), ("A", "B"))
-    assert rig.names == ("A", "B") and (rig.cameras[0].fx, rig.cameras[0].cx, rig.cameras[0].cy) == (50.0, 80.0, 45.0)
-    assert rig.cameras[1].ego_T_cam[0][3] == 1.25 and (rig.cameras[1].height, rig.cameras[1].width) == RAW_HW
+    first, second = rig.cameras
+    assert rig.names == ("A", "B") and (first.fx, first.cx, first.cy) == (50.0, 80.0, 45.0)
+    assert second.ego_T_cam[0][3] == 1.25 and (second.height, second.width) == RAW_HW
     with pytest.raises(calib.CalibrationError, match="has no .raw_hw."):
         calib.from_sample_record(object(), ("A",))

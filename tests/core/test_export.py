@@ -19,8 +19,8 @@ from simplebev_core.calibration import model_inputs
 from simplebev_core.calibration import save as save_calibration
 from simplebev_core.checkpoint import save_checkpoint
 from simplebev_core.config import NODE_NAME, config_to_dict
-from simplebev_core.export import (CalibrationMismatchError, GatherLift, check_calibration, example_inputs,
-                                   export_onnx, main, model_hash, read_metadata)
+from simplebev_core.export import (CalibrationMismatchError, GatherLift, check_calibration,
+                                   example_inputs, export_onnx, main, model_hash, read_metadata)
 
 from .deploy_rigs import tiny_calibration, tiny_cfg
 from .test_encoders import randomize_batchnorm
@@ -42,10 +42,12 @@ def torch_heads(model, cfg, rig, inputs):
     """Segnet.forward in eval mode with the rig's LiftTable: the reference for every runtime."""
     pix_T_cams, ref_T_cams = model_inputs(rig, cfg)
     B = inputs[0].shape[0]
-    table = model.make_lift_table(pix_T_cams, ref_T_cams, (cfg.input.image_height, cfg.input.image_width))
+    table = model.make_lift_table(pix_T_cams, ref_T_cams,
+                                  (cfg.input.image_height, cfg.input.image_width))
+    radar = inputs[1] if len(inputs) > 1 else None
     with torch.no_grad():
-        out = model(inputs[0].float(), pix_T_cams.expand(B, -1, -1, -1), ref_T_cams.expand(B, -1, -1, -1),
-                    inputs[1] if len(inputs) > 1 else None, lift_table=table)
+        out = model(inputs[0].float(), pix_T_cams.expand(B, -1, -1, -1),
+                    ref_T_cams.expand(B, -1, -1, -1), radar, lift_table=table)
     return out.segmentation, out.center, out.offset
 
 
@@ -85,7 +87,8 @@ def test_onnxruntime_matches_pytorch(exported, encoder, radar):
     got = run_onnx(path, inputs)
     for name, a, b in zip(("segmentation", "center", "offset"), expected, got):
         assert b.shape == tuple(a.shape) and b.dtype == np.float32
-        assert relative_difference(a, b) <= PARITY, f"{name}: relative difference {relative_difference(a, b):.2e}"
+        rel = relative_difference(a, b)
+        assert rel <= PARITY, f"{name}: relative difference {rel:.2e}"
 
 
 def test_graph_uses_standard_ops_only_and_records_its_rig(exported):
@@ -124,11 +127,13 @@ def test_replk_blocks_are_fused_before_export(tmp_path):
 
     convs = [n for n in onnx.load(str(tmp_path / "replk.onnx")).graph.node if n.op_type == "Conv"]
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in convs]
-    depthwise = [tuple(a["kernel_shape"]) for a in attrs if a.get("group", 1) == cfg.model.latent_dim]
+    C = cfg.model.latent_dim
+    depthwise = [tuple(a["kernel_shape"]) for a in attrs if a.get("group", 1) == C]
     assert depthwise == [(7, 7)] * cfg.model.replk_blocks  # one fused kernel, no 3x3 branch
 
     inputs = example_inputs(cfg, seed=2)
-    for a, b in zip(torch_heads(model, cfg, rig, inputs), run_onnx(tmp_path / "replk.onnx", inputs)):
+    got = run_onnx(tmp_path / "replk.onnx", inputs)
+    for a, b in zip(torch_heads(model, cfg, rig, inputs), got):
         assert relative_difference(a, b) <= PARITY
 
 
@@ -173,7 +178,8 @@ def cli_files(tmp_path):
 
 def test_cli_exports_a_checkpoint(cli_files, tmp_path, capsys):
     out = tmp_path / "deploy" / "model.onnx"
-    code = main(["--checkpoint", str(cli_files["checkpoint"]), "--params-file", str(cli_files["params"]),
+    code = main(["--checkpoint", str(cli_files["checkpoint"]),
+                 "--params-file", str(cli_files["params"]),
                  "--calibration", str(cli_files["calibration"]), "--out", str(out), "--radar"])
     assert code == 0, capsys.readouterr().err
     meta = read_metadata(out)
@@ -191,12 +197,16 @@ def test_cli_user_errors_exit_2_with_one_line(cli_files, tmp_path, capsys, bad, 
     code = main(["--checkpoint", args["checkpoint"], "--params-file", args["params"],
                  "--calibration", args["calibration"], "--out", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("export: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and err.startswith("export: error:") and message in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_process_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "simplebev_core.export", "--checkpoint", str(tmp_path / "none.pt"),
+    proc = subprocess.run([sys.executable, "-m", "simplebev_core.export",
+                           "--checkpoint", str(tmp_path / "none.pt"),
                            "--params-file", str(REPO / "config" / "simplebev.yaml"),
-                           "--calibration", str(tmp_path / "rig.yaml"), "--out", str(tmp_path / "m.onnx")],
+                           "--calibration", str(tmp_path / "rig.yaml"),
+                           "--out", str(tmp_path / "m.onnx")],
                           capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "does not exist" in proc.stderr

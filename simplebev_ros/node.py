@@ -1,0 +1,330 @@
+"""simplebev_node: six cameras, radar and TF in; BEV occupancy grid, instances, markers, a
+debug image and diagnostics out.
+
+    ros2 run simplebev bev_node --ros-args --params-file config/simplebev.yaml -p checkpoint:=PATH
+    python -m simplebev_ros.node --ros-args --params-file config/simplebev.yaml -p checkpoint:=PATH
+
+Wiring only: subscription callbacks store messages (CameraInfo, radar, TF) or hand images to
+the synchroniser; complete (or masked) camera sets go to a one-slot mailbox that a worker
+thread drains, so only the newest set is processed and older ones waiting behind a busy model
+are dropped and counted. Everything numeric lives in simplebev_core and the pure modules of
+simplebev_ros (pipeline, frame_source, sync, tf_buffer, conversions).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import OccupancyGrid
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import MarkerArray
+
+from simplebev.msg import BevInstances
+from simplebev_core.checkpoint import CheckpointError
+from simplebev_core.config import NODE_NAME, ConfigError, load_config
+from simplebev_core.device import DeviceError, resolve_device
+from simplebev_core.image_decode import ImageDecodeError
+from simplebev_core.inference import (ConfigMismatchError, Predictor, blank_sample,
+                                       load_inference_model)
+
+from . import conversions as conv
+from . import params
+from .diagnostics import NodeStats
+from .errors import InputError, MissingInputError
+from .frame_source import FrameSource
+from .pipeline import BevPipeline, BevResult
+from .sync import BACKWARDS_JUMP_S, CameraSync, SyncedSet
+from .tf_buffer import ExtrapolationException, TransformException, make_tf_buffer
+
+STARTUP_ERRORS = (ConfigError, CheckpointError, ConfigMismatchError, DeviceError, ValueError)
+FRAME_ERRORS = (InputError, TransformException, ImageDecodeError)
+SYNC_POLL_S = 0.02
+LOG_THROTTLE_S = 5.0
+
+
+class LatestSlot:
+    """A one-item mailbox: putting replaces what waits (counted as dropped)."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._ready = threading.Condition()
+
+    def put(self, item: Any) -> bool:
+        """Returns True when an older item was waiting and got dropped."""
+        with self._ready:
+            dropped = self._item is not None
+            self._item = item
+            self._ready.notify()
+            return dropped
+
+    def waiting(self) -> bool:
+        with self._ready:
+            return self._item is not None
+
+    def take(self, timeout_s: float) -> Any:
+        with self._ready:
+            if self._item is None:
+                self._ready.wait(timeout_s)
+            item, self._item = self._item, None
+            return item
+
+
+class BevNode(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        self._keys = params.declare(self, load_config())
+        unknown = params.unknown_overrides(self, self._keys)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown} (not config keys; check the "
+                              f"spelling against config/simplebev.yaml)")
+        cfg = params.read(self, self._keys)
+        device = resolve_device(cfg.node.device)
+        self.loaded = load_inference_model(cfg, cfg.node.checkpoint, device)
+        self.cfg = cfg = self.loaded.cfg
+        self.device = device
+        predictor = Predictor(self.loaded, device, cfg.node.amp)
+        predictor.warm_up(blank_sample(cfg))
+        self.tf = make_tf_buffer(cfg.node.tf_cache_s, cfg.node.tf_tolerance_s)
+        self.source = FrameSource(cfg, self.tf)
+        self.pipeline = BevPipeline(cfg, predictor, self.source)
+        cams = cfg.input.cameras
+        self.sync = CameraSync(cams, cams.index(cfg.input.ref_camera), cfg.node.sync_slop_s,
+                               cfg.node.sync_queue_size, cfg.node.missing_camera_timeout_s,
+                               cfg.node.missing_camera_policy)
+        self.stats = NodeStats(cams)
+        self.lock = threading.Lock()  # guards sync, source and TF (callbacks vs worker)
+        self.mailbox = LatestSlot()
+        self._newest_tf_ns = 0
+        self._time_jumps = 0
+        self._logged: dict[str, float] = {}
+        self._subscribe(cfg)
+        self._advertise(cfg)
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self._running = True
+        self.worker = threading.Thread(target=self._work, name="simplebev-inference", daemon=True)
+        self.worker.start()
+        radar = {"none": "camera-only (the model has no radar input)",
+                 "meta": f"meta-radar from {list(cfg.node.radar_topics)}",
+                 "occupancy": f"radar occupancy from {list(cfg.node.radar_topics)}"}[cfg.model.radar]
+        self.get_logger().info(
+            f"model {self.loaded.name} step {self.loaded.step} on {device}"
+            f"{'' if cfg.node.amp == 'none' else ' ' + cfg.node.amp}; {radar}; camera poses "
+            f"{cfg.input.camera_poses}; publishing {cfg.node.occupancy_topic} in {cfg.node.base_frame}")
+
+    # ------------------------------------------------------------------ wiring
+    def _subscribe(self, cfg: Any) -> None:
+        # sensor_data: best effort (a late frame is worth less than the next one), else reliable.
+        best_effort = cfg.node.input_qos == "sensor_data"
+        qos = QoSProfile(depth=cfg.node.input_qos_depth, reliability=ReliabilityPolicy.BEST_EFFORT
+                         if best_effort else ReliabilityPolicy.RELIABLE)
+        image_type = CompressedImage if cfg.node.image_type == "compressed" else Image
+        for slot, cam in enumerate(cfg.input.cameras):
+            self.create_subscription(image_type, cfg.node.camera_image_topic(cam),
+                                     self._guard(lambda m, s=slot: self._on_image(s, m)), qos)
+            self.create_subscription(CameraInfo, cfg.node.camera_info_topic(cam),
+                                     self._guard(lambda m, s=slot: self._on_camera_info(s, m)), qos)
+        if cfg.model.radar != "none":
+            for topic in cfg.node.radar_topics:
+                self.create_subscription(PointCloud2, topic,
+                                         self._guard(lambda m, t=topic: self._on_radar(t, m)), qos)
+        tf_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        static_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(TFMessage, "/tf", self._guard(lambda m: self._on_tf(m, False)), tf_qos)
+        self.create_subscription(TFMessage, "/tf_static", self._guard(lambda m: self._on_tf(m, True)),
+                                 static_qos)
+        self.create_timer(SYNC_POLL_S, self._guard(self._on_poll))
+
+    def _advertise(self, cfg: Any) -> None:
+        n = cfg.node
+        self.pub_grid = self.create_publisher(OccupancyGrid, n.occupancy_topic, 10)
+        self.pub_instances = self.create_publisher(BevInstances, n.instances_topic, 10)
+        self.pub_markers = self.create_publisher(MarkerArray, n.markers_topic, 10)
+        self.pub_image = self.create_publisher(Image, n.bev_image_topic, 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, n.diagnostics_topic, 10)
+        self.create_timer(n.diagnostics_period_s, self._guard(self._on_diagnostics))
+
+    def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """Bad input is logged (throttled) and counted; it never stops the node."""
+        def run(*args: Any) -> None:
+            try:
+                callback(*args)
+            except FRAME_ERRORS + (ValueError,) as e:
+                self._count_error(e)
+        return run
+
+    def _count_error(self, e: Exception) -> None:
+        kind = getattr(e, "kind", type(e).__name__)
+        self.stats.error(kind, str(e))
+        self._throttled("warning", kind, f"{kind}: {e}")
+
+    def _throttled(self, level: str, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(key, -1e9) >= LOG_THROTTLE_S:
+            self._logged[key] = now
+            getattr(self.get_logger(), level)(text)
+
+    # ------------------------------------------------------------------ callbacks (store only)
+    def _on_image(self, slot: int, msg: Any) -> None:
+        self.stats.image(self.cfg.input.cameras[slot], time.monotonic_ns())
+        with self.lock:
+            sets = self.sync.add(slot, conv.stamp_to_ns(msg.header.stamp), msg, time.monotonic_ns())
+            self._after_sync(sets)
+
+    def _on_poll(self) -> None:
+        with self.lock:
+            self._after_sync(self.sync.poll(time.monotonic_ns()))
+
+    def _after_sync(self, sets: list[SyncedSet]) -> None:
+        if self.sync.counts["time_jumps"] != self._time_jumps:
+            self._time_jumps = self.sync.counts["time_jumps"]
+            self._reset("camera stamps jumped backwards")
+        for synced in sets:
+            if self.mailbox.put(synced):
+                self.stats.counts["dropped_busy"] += 1
+
+    def _on_camera_info(self, slot: int, msg: Any) -> None:
+        with self.lock:
+            intrinsics = conv.camera_info_to_intrinsics(msg)
+            if self.source.set_camera_info(slot, msg):
+                self.get_logger().info(f"CameraInfo of {self.cfg.input.cameras[slot]} changed")
+        if intrinsics.has_distortion:
+            self._throttled("warning", f"distortion{slot}", f"{self.cfg.input.cameras[slot]}: non-zero "
+                            f"distortion in CameraInfo; the model assumes rectified images")
+
+    def _on_radar(self, topic: str, msg: Any) -> None:
+        with self.lock:
+            self.source.add_radar(topic, msg)
+        if self.cfg.model.radar == "meta" and not self.source.radar_has_meta.get(topic, True):
+            self._throttled("warning", f"radar{topic}", f"{topic} has only x, y, z fields: its meta-radar "
+                            f"channels are zero (the model expects the 18 nuScenes radar fields)")
+
+    def _on_tf(self, msg: Any, static: bool) -> None:
+        with self.lock:
+            if not static:
+                newest = max((conv.stamp_to_ns(t.header.stamp) for t in msg.transforms), default=0)
+                if self._newest_tf_ns and newest < self._newest_tf_ns - BACKWARDS_JUMP_S * 1e9:
+                    self._reset("/tf stamps jumped backwards")
+                self._newest_tf_ns = max(self._newest_tf_ns, newest)
+            self.tf.add_message(msg, static)
+
+    def _reset(self, why: str) -> None:
+        """Time went backwards (a bag loop): forget buffered state, keep running."""
+        self.sync.reset()
+        self.source.reset()
+        self.tf.clear()
+        self._newest_tf_ns = 0
+        self.get_logger().warning(f"{why}: cleared the synchroniser, radar and TF buffers")
+
+    def _on_parameters(self, changed: list[Any]) -> SetParametersResult:
+        runtime = [p for p in changed if p.name.startswith(params.RUNTIME_PREFIX)]
+        if not runtime:
+            return SetParametersResult(successful=True)
+        try:
+            self.pipeline.set_postprocess(params.postprocess_update(self.pipeline.cfg.postprocess, runtime))
+        except ConfigError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self.get_logger().info(f"post-processing updated: {', '.join(f'{p.name}={p.value}' for p in runtime)}")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while self._running:
+            synced = self.mailbox.take(0.1)
+            if synced is not None:
+                self._process(synced, time.monotonic() + self.cfg.node.input_wait_s)
+
+    def _process(self, synced: SyncedSet, wait_until: float) -> None:
+        while True:
+            try:
+                t = time.perf_counter()
+                with self.lock:
+                    raw, rig = self.pipeline.inputs(synced)
+                break
+            except (MissingInputError, ExtrapolationException) as e:
+                # CameraInfo or a transform may still be on its way (topics are not ordered):
+                # retry for a short while, unless a newer set is already waiting.
+                if time.monotonic() >= wait_until or self.mailbox.waiting() or not self._running:
+                    self.stats.failed()
+                    self._count_error(e)
+                    return
+                time.sleep(0.01)
+            except FRAME_ERRORS as e:
+                self.stats.failed()
+                self._count_error(e)
+                return
+        inputs_s = time.perf_counter() - t
+        if rig.rebuilt:
+            self.get_logger().info(f"rig calibration {rig.calibration.hash[:12]}: built the lift "
+                                   f"table, visible cells and grid mapping")
+        try:
+            result = self.pipeline.run(raw, rig)
+        except FRAME_ERRORS as e:
+            self.stats.failed()
+            self._count_error(e)
+            return
+        result.timings = {"inputs": inputs_s, **result.timings}
+        self._publish(result, synced)
+
+    def _publish(self, result: BevResult, synced: SyncedSet) -> None:
+        t = time.perf_counter()
+        frame, stamp = self.cfg.node.base_frame, result.stamp_ns
+        self.pub_grid.publish(conv.occupancy_grid(result.values, result.grid, frame, stamp))
+        self.pub_instances.publish(conv.bev_instances(result.instances, frame, stamp))
+        self.pub_markers.publish(conv.marker_array(result.instances, frame, stamp))
+        if self.pub_image.get_subscription_count() > 0:
+            self.pub_image.publish(conv.rgb_image(conv.bev_rgb(result.values), frame, stamp))
+        result.timings["publish"] = time.perf_counter() - t
+        latency_s = (self.get_clock().now().nanoseconds - stamp) * 1e-9
+        self.stats.processed(result.timings, latency_s, synced.spread_ns * 1e-9, time.monotonic_ns())
+
+    def _on_diagnostics(self) -> None:
+        info = {"device": str(self.device), "model": self.loaded.name, "step": str(self.loaded.step),
+                "motion_compensated": str(self.source.motion_compensated)}
+        statuses = self.stats.statuses(time.monotonic_ns(), self.cfg.node.camera_silence_warn_s,
+                                       self.sync.counts, self.sync.masked_per_camera, info)
+        self.pub_diag.publish(conv.diagnostic_array(statuses, self.get_clock().now().nanoseconds))
+
+    def stop(self) -> None:
+        self._running = False
+        self.worker.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point; user errors at start-up print one paragraph and return 2."""
+    try:
+        rclpy.init(args=args)
+    except Exception as e:  # rcl rejects malformed --ros-args or params files here
+        print(f"simplebev_node: cannot start: {e}", file=sys.stderr)
+        return 2
+    try:
+        node = BevNode()
+    except STARTUP_ERRORS as e:
+        print(f"simplebev_node: cannot start: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
