@@ -38,5 +38,9 @@ setup(
     },
     # simplebev_ros needs ROS 2 (rclpy and message packages), which pip cannot install
     # portably: a ROS 2 install provides it, or `make setup` (requirements-ros.txt) here.
-    entry_points={"console_scripts": ["simplebev-node = simplebev_ros.node:main"]},
+    entry_points={"console_scripts": [
+        "simplebev-node = simplebev_ros.node:main",
+        "simplebev-train = training.train:main",
+        "simplebev-eval = training.eval:main",
+    ]},
 )

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .encoders import UpsamplingConcat, _torchvision_weights
+from .layers import UpsamplingConcat, torchvision_weights
 from .replk import RepLKBlock
 
 STRIDE8_CHANNELS = 40
@@ -35,7 +34,8 @@ class EfficientNetB0Trunk(nn.Module):
         super().__init__()
         import torchvision
 
-        features = torchvision.models.efficientnet_b0(weights=_torchvision_weights("efficientnet_b0", pretrained)).features
+        weights = torchvision_weights("efficientnet_b0", pretrained)
+        features = torchvision.models.efficientnet_b0(weights=weights).features
         self.stages = nn.ModuleList([features[0:4], features[4:6]])
         if to_stride32:
             self.stages.append(features[6:8])
@@ -105,12 +105,3 @@ class CamEncodeEncoder(nn.Module):
         y8 = F.interpolate(y16, size=x8.shape[-2:], mode="bilinear", align_corners=False)
         return self.refine(y8)  # (N, C, H/8, W/8)
 
-
-def build(cfg: ModelConfig) -> nn.Module:
-    """The EfficientNet-based encoder named by `cfg.encoder` (effb0, camencode, camencode_replk)."""
-    if cfg.encoder == "effb0":
-        return EffB0Encoder(cfg.latent_dim, cfg.encoder_pretrained)
-    if cfg.encoder in ("camencode", "camencode_replk"):
-        blocks = cfg.replk_blocks if cfg.encoder == "camencode_replk" else 0
-        return CamEncodeEncoder(cfg.latent_dim, cfg.encoder_pretrained, blocks, cfg.replk_kernel, cfg.replk_small_kernel)
-    raise ValueError(f"camencode.build: unknown encoder '{cfg.encoder}' (expected effb0, camencode or camencode_replk)")

@@ -7,6 +7,10 @@ written atomically (temporary file, fsync, rename), so a crash never leaves a to
 Upstream format: `model-%09d.pth` files holding {"model_state_dict", "optimizer_state_dict"};
 a directory means "the file with the highest step". Loading is strict in both formats.
 Everything is read with `torch.load(..., weights_only=True)`.
+
+Run directories (written by training/train.py): RUN/checkpoints/model-%09d.pth (own format),
+RUN/config.yaml, RUN/train.log, RUN/tb/. `locate_run` turns any of RUN, RUN/checkpoints or one
+of its files into the same run; `list_checkpoints` is the one directory scan.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from .config import SimpleBevConfig, config_from_dict, config_to_dict
 FORMAT_NAME = "simplebev"
 FORMAT_VERSION = 1
 UPSTREAM_FILE = re.compile(r"^model-(\d+)\.pth$")
+CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointError(RuntimeError):
@@ -87,22 +92,97 @@ def upstream_checkpoint_step(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    """DIR/model-%09d.pth, the file name both formats use."""
+    return Path(directory) / f"model-{int(step):09d}.pth"
+
+
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the `model-%09d.pth` files in `directory`, by step ([] if none or no
+    such directory)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(upstream_checkpoint_step(p), p) for p in directory.iterdir() if p.is_file()]
+    return sorted((s, p) for s, p in found if s is not None)
+
+
+def prune_checkpoints(directory: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` model-*.pth files (call after writing the newest)."""
+    for _, path in list_checkpoints(directory)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def checkpoints_dir(path: str | Path) -> Path:
+    """A run directory -> its checkpoints/ folder; any other directory as is."""
+    path = Path(path)
+    return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A file as is; a directory -> its newest checkpoint: the highest step among `model-*.pth`
-    files, else the most recently modified `*.pt`/`*.pth` file."""
+    """A file as is; a directory (or a run directory) -> its newest checkpoint: the highest
+    step among `model-*.pth` files, else the most recently modified `*.pt`/`*.pth` file."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    stepped = [(upstream_checkpoint_step(p), p) for p in path.iterdir() if p.is_file()]
-    stepped = [(s, p) for s, p in stepped if s is not None]
+    directory = checkpoints_dir(path)
+    stepped = list_checkpoints(directory)
     if stepped:
-        return max(stepped)[1]
-    candidates = [p for p in path.iterdir() if p.is_file() and p.suffix in (".pt", ".pth")]
+        return stepped[-1][1]
+    candidates = [p for p in directory.iterdir() if p.is_file() and p.suffix in (".pt", ".pth")]
     if not candidates:
         raise CheckpointError(f"checkpoint directory '{path}' holds no model-*.pth or *.pt files")
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def checkpoints_to_evaluate(path: str | Path) -> list[tuple[int, Path]]:
+    """A file -> [(its step or 0, file)]; a run directory or a folder of checkpoints -> every
+    model-*.pth in it, by step."""
+    path = Path(path)
+    if path.is_file():
+        return [(upstream_checkpoint_step(path) or 0, path)]
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    found = list_checkpoints(checkpoints_dir(path))
+    if not found:
+        raise CheckpointError(f"no model-*.pth checkpoints under '{path}'")
+    return found
+
+
+@dataclass(frozen=True)
+class RunLocation:
+    """A training run on disk: its directory, its checkpoints/ folder and the file to resume."""
+
+    run_dir: Path
+    checkpoint_dir: Path
+    checkpoint: Path
+
+
+def locate_run(path: str | Path) -> RunLocation:
+    """RUN, RUN/checkpoints or RUN/checkpoints/model-*.pth -> the same run. A directory resumes
+    from its newest checkpoint, a file from that file. Raises CheckpointError for anything else
+    (a checkpoint outside a run's checkpoints/ folder is weights to start from: --init)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"run '{path}' does not exist")
+    if path.is_file():
+        ckpt_dir, checkpoint = path.parent, path
+    elif path.name == CHECKPOINT_DIR and not (path / CHECKPOINT_DIR).is_dir():
+        ckpt_dir, checkpoint = path, None
+    else:
+        ckpt_dir, checkpoint = path / CHECKPOINT_DIR, None
+    if ckpt_dir.name != CHECKPOINT_DIR or not ckpt_dir.is_dir():
+        raise CheckpointError(f"'{path}' is not a training run (expected RUN_DIR, "
+                              f"RUN_DIR/{CHECKPOINT_DIR} or a checkpoint file inside it)")
+    if checkpoint is None:
+        found = list_checkpoints(ckpt_dir)
+        if not found:
+            raise CheckpointError(f"run '{ckpt_dir.parent}' has no model-*.pth checkpoints "
+                                  f"in {ckpt_dir}")
+        checkpoint = found[-1][1]
+    return RunLocation(run_dir=ckpt_dir.parent, checkpoint_dir=ckpt_dir, checkpoint=checkpoint)
 
 
 def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -118,13 +198,27 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return file, raw
 
 
+def _mismatch_summary(model: nn.Module, state: dict[str, Any]) -> str:
+    """What differs between a state_dict and a model, in one line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
+    parts = [f"{len(v)} {what} (first: {v[0]})" for what, v in (
+        ("missing keys", missing), ("unexpected keys", unexpected),
+        ("shape mismatches, checkpoint vs model", shapes)) if v]
+    return "; ".join(parts)
+
+
 def _load_state(model: nn.Module, state: dict[str, Any], file: Path) -> None:
     model = getattr(model, "module", model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
+        detail = _mismatch_summary(model, state) or " ".join(str(e).split())
         raise CheckpointError(f"checkpoint '{file}' does not fit this model (check model.encoder, "
-                              f"model.radar, model.latent_dim and grid.voxels_zyx): {e}") from e
+                              f"model.radar, model.latent_dim and grid.voxels_zyx): {detail}") from e
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -1,4 +1,5 @@
-"""Image encoders: normalised images (N, 3, H, W) -> stride-8 features (N, C, H/8, W/8).
+"""Image encoders: normalised images (N, 3, H, W) -> stride-8 features (N, C, H/8, W/8), and
+the one registry of encoder names (checked against `config.ENCODERS` by the tests).
 
 `res101` and `res50` have upstream Simple-BEV's exact module names, so released checkpoints
 load strictly: `backbone` (conv1, bn1, relu, maxpool, layer1, layer2), `layer3`,
@@ -7,65 +8,31 @@ predicted). The EfficientNet-based encoders live in `camencode.py`.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
+from typing import Callable
+
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .camencode import CamEncodeEncoder, EffB0Encoder
+from .config import ConfigError, ModelConfig
+from .layers import UpsamplingConcat, torchvision_weights
 
-
-class UpsamplingConcat(nn.Module):
-    """Upsample the coarse input to the skip's size, concatenate [skip, coarse], two 3x3 convs.
-
-    InstanceNorm without affine parameters, as upstream (keeps the state_dict layout).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.InstanceNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.InstanceNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, coarse: Tensor, skip: Tensor) -> Tensor:
-        # Sizing by the skip (rather than a fixed x2) also handles inputs whose size is not a
-        # multiple of 16; for x2 it is the same bilinear resampling as upstream's nn.Upsample.
-        coarse = F.interpolate(coarse, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.conv(torch.cat([skip, coarse], dim=1))
-
-
-def _torchvision_weights(builder_name: str, pretrained: bool):
-    """ImageNet weights enum for a torchvision builder, or None. Fails early with a clear
-    message when the weights are not cached and there is no network."""
-    if not pretrained:
-        return None
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(builder_name).DEFAULT
-    try:
-        weights.get_state_dict(progress=False, check_hash=False)  # populates / validates the cache
-    except Exception as e:  # network errors come in many types (URLError, OSError, ...)
-        raise RuntimeError(
-            f"could not load ImageNet weights for {builder_name} ({weights}): {e}. "
-            "Put the file in the torch hub cache (TORCH_HOME) or set model.encoder_pretrained: false."
-        ) from e
-    return weights
+__all__ = ["REGISTRY", "EncoderSpec", "ResNetEncoder", "UpsamplingConcat", "build_encoder",
+           "encoder_phase_px"]
 
 
 class ResNetEncoder(nn.Module):
-    """ResNet trunk to layer3 + upsample-concat neck + 1x1 projection (upstream Encoder_res101/50)."""
+    """ResNet trunk to layer3 + upsample-concat neck + 1x1 projection (upstream's
+    Encoder_res101 / Encoder_res50)."""
 
     def __init__(self, depth: int, out_channels: int, pretrained: bool):
         super().__init__()
         import torchvision
 
         name = f"resnet{depth}"
-        resnet = getattr(torchvision.models, name)(weights=_torchvision_weights(name, pretrained))
-        self.backbone = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1, resnet.layer2)
+        resnet = getattr(torchvision.models, name)(weights=torchvision_weights(name, pretrained))
+        self.backbone = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
+                                      resnet.layer1, resnet.layer2)
         self.layer3 = resnet.layer3
         self.depth_layer = nn.Conv2d(512, out_channels, kernel_size=1, padding=0)
         self.upsampling_layer = UpsamplingConcat(512 + 1024, 512)
@@ -76,12 +43,52 @@ class ResNetEncoder(nn.Module):
         return self.depth_layer(self.upsampling_layer(x16, x8))
 
 
-def build_encoder(cfg: ModelConfig) -> nn.Module:
-    """The image encoder named by `cfg.encoder`, producing `cfg.latent_dim` channels at stride 8."""
-    if cfg.encoder == "res101":
-        return ResNetEncoder(101, cfg.latent_dim, cfg.encoder_pretrained)
-    if cfg.encoder == "res50":
-        return ResNetEncoder(50, cfg.latent_dim, cfg.encoder_pretrained)
-    from . import camencode
+def _camencode(cfg: ModelConfig, blocks: int) -> nn.Module:
+    return CamEncodeEncoder(cfg.latent_dim, cfg.encoder_pretrained, blocks, cfg.replk_kernel,
+                            cfg.replk_small_kernel)
 
-    return camencode.build(cfg)
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build one encoder, and where its stride-8 features sit in the image.
+
+    phase_px: feature i's impulse-response centroid minus 8 i, in image pixels (pixel-centre
+    coordinates; the same for rows), measured on randomly initialised weights by
+    bench/receptive_field.py and rounded to 0.5 px. `pixel_convention: exact` samples feature
+    maps there. The stride-8 trunks alone sit at 8 i (phase 0); the necks mix in a stride-16
+    path that bilinear upsampling centres at 8 i - 4, which pulls the ResNet encoders' centroid
+    to about -3. The centroid moves with the weights (spread over seeds: see the README).
+    """
+
+    build: Callable[[ModelConfig], nn.Module]
+    phase_px: float
+
+
+def _resnet(depth: int) -> Callable[[ModelConfig], nn.Module]:
+    return lambda cfg: ResNetEncoder(depth, cfg.latent_dim, cfg.encoder_pretrained)
+
+
+REGISTRY: dict[str, EncoderSpec] = {
+    "res101": EncoderSpec(_resnet(101), -3.5),
+    "res50": EncoderSpec(_resnet(50), -4.0),
+    "effb0": EncoderSpec(lambda cfg: EffB0Encoder(cfg.latent_dim, cfg.encoder_pretrained), 0.0),
+    "camencode": EncoderSpec(lambda cfg: _camencode(cfg, 0), -2.0),
+    "camencode_replk": EncoderSpec(lambda cfg: _camencode(cfg, cfg.replk_blocks), -2.0),
+}
+
+
+def _spec(name: str) -> EncoderSpec:
+    if name not in REGISTRY:
+        raise ConfigError(f"config key 'model.encoder': unknown encoder '{name}' "
+                          f"(known: {list(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def build_encoder(cfg: ModelConfig) -> nn.Module:
+    """The image encoder named by `cfg.encoder`: `cfg.latent_dim` channels at stride 8."""
+    return _spec(cfg.encoder).build(cfg)
+
+
+def encoder_phase_px(name: str) -> float:
+    """Image pixel offset of the encoder's stride-8 features: feature i sits at 8 i + phase."""
+    return _spec(name).phase_px

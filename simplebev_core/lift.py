@@ -15,8 +15,11 @@ Pixel conventions (`pixel_convention`):
 - "upstream": pixel x is normalised by 2x/(W-1)-1 but sampled with align_corners=False,
   i.e. effectively read at x*W/(W-1)-0.5; intrinsics are scaled to the feature map without
   half-pixel terms. Required for upstream checkpoints.
-- "exact": pixel x is sampled at x (centres consistent), intrinsics scaled with half-pixel
-  terms. Use for new training.
+- "exact": pixel x is sampled at x (centres consistent), and image pixels map to feature
+  pixels as x_feat = (x - phase) * Wf / W, where feature i's impulse-response centroid sits at
+  image pixel 8 i + phase (`encoders.EncoderSpec.phase_px`, measured per encoder; the model
+  passes it). Without a phase, the area-centre assumption 8 i + 3.5 (half-pixel scaling) is
+  used, which the measured encoders do not follow. Use for new training.
 
 Camera count semantics: upstream masks per channel with |value| > 0, so a camera counts for
 a voxel when the voxel projects inside its (half-pixel-padded) image, in front of it, and
@@ -41,16 +44,36 @@ EPS_MEAN = 1e-6  # masked-mean denominator guard, as upstream
 
 
 def feature_projections(pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int],
-                        feat_hw: tuple[int, int], pixel_convention: str) -> tuple[Tensor, Tensor]:
+                        feat_hw: tuple[int, int], pixel_convention: str,
+                        feature_phase_px: float | None = None) -> tuple[Tensor, Tensor]:
     """Per-camera projections from the ref frame to feature-map pixels.
 
     pix_T_cams (..., 4, 4) intrinsics at image_hw; ref_T_cams (..., 4, 4) camera -> ref.
+    feature_phase_px: for "exact", the image pixel offset of the features (feature i sits at
+    stride * i + phase); None keeps the half-pixel (area-centre) scaling. Ignored for "upstream".
     Returns featpix_T_refs (..., 4, 4) and cam_T_refs (..., 4, 4).
     """
-    (H, W), (Hf, Wf) = image_hw, feat_hw
-    featpix_T_cams = scale_intrinsics(pix_T_cams, Wf / W, Hf / H, half_pixel=pixel_convention == "exact")
+    featpix_T_cams = feature_intrinsics(pix_T_cams, image_hw, feat_hw, pixel_convention,
+                                        feature_phase_px)
     cam_T_refs = invert_rigid(ref_T_cams)
     return featpix_T_cams @ cam_T_refs, cam_T_refs
+
+
+def feature_intrinsics(pix_T_cams: Tensor, image_hw: tuple[int, int], feat_hw: tuple[int, int],
+                       pixel_convention: str, feature_phase_px: float | None = None) -> Tensor:
+    """Image intrinsics (..., 4, 4) -> feature-map intrinsics (..., 4, 4).
+
+    See feature_projections for the conventions and the phase."""
+    (H, W), (Hf, Wf) = image_hw, feat_hw
+    sx, sy = Wf / W, Hf / H
+    exact = pixel_convention == "exact"
+    if not exact or feature_phase_px is None:
+        return scale_intrinsics(pix_T_cams, sx, sy, half_pixel=exact)
+    # x_feat = (x - phase) * s: shift the principal point by the phase, then scale.
+    K = scale_intrinsics(pix_T_cams, sx, sy)
+    K[..., 0, 2] = K[..., 0, 2] - feature_phase_px * sx
+    K[..., 1, 2] = K[..., 1, 2] - feature_phase_px * sy
+    return K
 
 
 @dataclass
@@ -149,7 +172,8 @@ class LiftTable:
     """
 
     def __init__(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int], feat_hw: tuple[int, int],
-                 grid: VoxelGrid, pixel_convention: str = "upstream"):
+                 grid: VoxelGrid, pixel_convention: str = "upstream",
+                 feature_phase_px: float | None = None):
         if pix_T_cams.dim() != 3 or pix_T_cams.shape[1:] != (4, 4) or ref_T_cams.shape != pix_T_cams.shape:
             raise ValueError(f"LiftTable needs pix_T_cams and ref_T_cams of shape (S,4,4), got "
                              f"{tuple(pix_T_cams.shape)} and {tuple(ref_T_cams.shape)}")
@@ -157,6 +181,7 @@ class LiftTable:
         self.ref_T_cams = ref_T_cams.detach().clone()
         self.image_hw, self.feat_hw, self.grid = tuple(image_hw), tuple(feat_hw), grid
         self.pixel_convention = pixel_convention
+        self.feature_phase_px = feature_phase_px
         self.num_cameras = pix_T_cams.shape[0]
         self.weights, self.count = self._build()
 
@@ -164,8 +189,9 @@ class LiftTable:
         Hf, Wf = self.feat_hw
         S, V = self.num_cameras, self.grid.num_voxels
         device = self.pix_T_cams.device
-        featpix_T_refs, cam_T_refs = feature_projections(self.pix_T_cams.float(), self.ref_T_cams.float(),
-                                                         self.image_hw, self.feat_hw, self.pixel_convention)
+        featpix_T_refs, cam_T_refs = feature_projections(
+            self.pix_T_cams.float(), self.ref_T_cams.float(), self.image_hw, self.feat_hw,
+            self.pixel_convention, self.feature_phase_px)
         samples = sample_voxels(self.grid.voxel_centers_ref(device), featpix_T_refs, cam_T_refs, (Hf, Wf),
                                 self.pixel_convention)
         # grid_sample's unnormalisation for align_corners=False.

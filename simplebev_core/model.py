@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SimpleBevConfig
-from .encoders import build_encoder
+from .encoders import build_encoder, encoder_phase_px
 from .flip import FlipPlan, apply_bev_flips, draw_flips, flip_radar, flip_where
 from .lift import LiftTable, feature_projections, lift_fused, lift_reference
 from .radar import META_RADAR_CHANNELS
@@ -208,7 +208,9 @@ class Segnet(nn.Module):
                 raise ValueError("lift_table: built for a different calibration or image size than this batch")
             return lift_table(feats)
         convention = self.cfg.model.pixel_convention
-        featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw, convention)
+        phase = encoder_phase_px(self.cfg.model.encoder)
+        featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw,
+                                                         convention, phase)
         lift = lift_reference if self.cfg.model.lift == "reference" else lift_fused
         return lift(feats, featpix_T_refs, cam_T_refs, self.grid, convention)
 
@@ -225,7 +227,8 @@ class Segnet(nn.Module):
     def make_lift_table(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int]) -> LiftTable:
         """A LiftTable for one rig: pix_T_cams, ref_T_cams (S, 4, 4) at image size image_hw."""
         return LiftTable(pix_T_cams, ref_T_cams, image_hw, feature_size(image_hw), self.grid,
-                         self.cfg.model.pixel_convention)
+                         self.cfg.model.pixel_convention,
+                         encoder_phase_px(self.cfg.model.encoder))
 
 
 def feature_size(image_hw: tuple[int, int]) -> tuple[int, int]:

@@ -4,8 +4,9 @@ offsets on the Z x X grid in the reference camera frame.
 Conventions (upstream's, except where noted):
 - footprint = the box's top face (z = +h/2 in the box frame) projected onto the grid's X-Z plane;
   exactly the cells whose centre lies inside (or on the edge of) that convex quadrilateral are 1.
-  A box whose footprint covers no cell centre (a bicycle on a coarse grid) still marks the cell
-  holding its centre, so no vehicle vanishes from the targets. Upstream truncated the vertices to
+  A box whose footprint covers no cell centre (a bicycle on a coarse grid) marks the cell
+  holding its centre instead, so no vehicle vanishes from the targets; a box that covers a cell
+  centre marks nothing outside its footprint. Upstream truncated the vertices to
   integers and used cv2.fillPoly, which also paints every cell the outline touches (footprints up
   to a cell too large and shifted).
 - valid = 0 on footprints of barely visible vehicles (nuScenes visibility '1', 0-40 %).
@@ -66,24 +67,30 @@ def _to_mem_xz(xyz_ego: np.ndarray, ref_T_ego: np.ndarray, grid: VoxelGrid) -> n
     return mem[..., [0, 2]]
 
 
-def _fill(canvas: np.ndarray, poly_xz: np.ndarray, value: int) -> None:
+def _fill(canvas: np.ndarray, poly_xz: np.ndarray, value: int) -> int:
     """Set canvas[row, col] = value for cells whose centre (col, row) lies in the convex polygon
-    poly_xz (K, 2) of (x=col, z=row) vertices, in either winding order."""
+    poly_xz (K, 2) of (x=col, z=row) vertices, in either winding order. Returns how many cells
+    of the grid it covers."""
     H, W = canvas.shape
-    c0, c1 = max(int(np.ceil(poly_xz[:, 0].min())), 0), min(int(np.floor(poly_xz[:, 0].max())), W - 1)
-    r0, r1 = max(int(np.ceil(poly_xz[:, 1].min())), 0), min(int(np.floor(poly_xz[:, 1].max())), H - 1)
+    c0 = max(int(np.ceil(poly_xz[:, 0].min())), 0)
+    c1 = min(int(np.floor(poly_xz[:, 0].max())), W - 1)
+    r0 = max(int(np.ceil(poly_xz[:, 1].min())), 0)
+    r1 = min(int(np.floor(poly_xz[:, 1].max())), H - 1)
     if c0 > c1 or r0 > r1:
-        return
-    cols, rows = np.meshgrid(np.arange(c0, c1 + 1, dtype=np.float64), np.arange(r0, r1 + 1, dtype=np.float64))
+        return 0
+    cols, rows = np.meshgrid(np.arange(c0, c1 + 1, dtype=np.float64),
+                             np.arange(r0, r1 + 1, dtype=np.float64))
     a, b = poly_xz, np.roll(poly_xz, -1, axis=0)  # edges a[k] -> b[k]
     cross = ((b[:, 0] - a[:, 0])[:, None, None] * (rows[None] - a[:, 1, None, None])
              - (b[:, 1] - a[:, 1])[:, None, None] * (cols[None] - a[:, 0, None, None]))  # (K, h, w)
     eps = 1e-9
     inside = (cross >= -eps).all(axis=0) | (cross <= eps).all(axis=0)
     canvas[r0:r1 + 1, c0:c1 + 1][inside] = value
+    return int(inside.sum())
 
 
-def rasterize_targets(boxes: BoxSet, ref_T_ego: np.ndarray, grid: VoxelGrid, sigma_cells: float = 3.0) -> Targets:
+def rasterize_targets(boxes: BoxSet, ref_T_ego: np.ndarray, grid: VoxelGrid,
+                      sigma_cells: float = 3.0) -> Targets:
     """Vehicle boxes (ego frame) -> Targets with (1 or 2, Z, X) float32 maps.
 
     ref_T_ego: (4, 4) ego -> reference camera optical frame.
@@ -97,14 +104,15 @@ def rasterize_targets(boxes: BoxSet, ref_T_ego: np.ndarray, grid: VoxelGrid, sig
         faces_xz = _to_mem_xz(boxes.top_face_ego(), ref_T_ego, grid)  # (N, 4, 2)
         centers_xz = _to_mem_xz(boxes.center_ego, ref_T_ego, grid)  # (N, 2)
         for k in range(n):
-            _fill(ids, faces_xz[k], k + 1)
+            covered = _fill(ids, faces_xz[k], k + 1)
             col, row = np.round(centers_xz[k]).astype(int)
-            centre_in_grid = 0 <= col < X and 0 <= row < Z
-            if centre_in_grid and ids[row, col] == 0:
+            # The centre-cell fallback only for boxes that cover no cell centre.
+            fallback = covered == 0 and 0 <= col < X and 0 <= row < Z
+            if fallback and ids[row, col] == 0:
                 ids[row, col] = k + 1
             if not boxes.visible[k]:
                 _fill(valid, faces_xz[k], 0)
-                if centre_in_grid:
+                if fallback:
                     valid[row, col] = 0
         radius = int(np.ceil(3.0 * sigma_cells)) + 1
         for cx, cz in centers_xz:

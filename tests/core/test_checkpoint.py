@@ -6,7 +6,8 @@ import torch
 
 from simplebev_core import build_model, load_config
 from simplebev_core.checkpoint import (
-    CheckpointError, checkpoint_config, load_checkpoint, resolve_checkpoint, save_checkpoint,
+    CheckpointError, checkpoint_config, checkpoints_to_evaluate, list_checkpoints, load_checkpoint,
+    locate_run, prune_checkpoints, resolve_checkpoint, save_checkpoint,
 )
 
 from .test_model import TINY, tiny_inputs
@@ -104,3 +105,50 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, model, cfg, step=2)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def fake_run(root, steps=(2, 10, 4)):
+    """RUN/checkpoints/model-*.pth (empty files: only names matter here) plus clutter."""
+    ckpt = root / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    for step in steps:
+        (ckpt / f"model-{step:09d}.pth").write_bytes(b"")
+    (ckpt / ".model-000000012.pth.123.tmp").write_bytes(b"")  # a torn write is not a checkpoint
+    (ckpt / "notes.txt").write_text("x")
+    return root / "run"
+
+
+def test_run_directory_scanning_and_locating(tmp_path):
+    run = fake_run(tmp_path)
+    ckpt = run / "checkpoints"
+    assert [s for s, _ in list_checkpoints(ckpt)] == [2, 4, 10]
+    assert list_checkpoints(tmp_path / "missing") == []
+    for spelling in (run, ckpt):
+        located = locate_run(spelling)
+        assert (located.run_dir, located.checkpoint_dir) == (run, ckpt)
+        assert located.checkpoint == ckpt / "model-000000010.pth"
+    located = locate_run(ckpt / "model-000000004.pth")
+    assert (located.run_dir, located.checkpoint) == (run, ckpt / "model-000000004.pth")
+    assert resolve_checkpoint(run) == ckpt / "model-000000010.pth"
+    assert [s for s, _ in checkpoints_to_evaluate(run)] == [2, 4, 10]
+    assert checkpoints_to_evaluate(ckpt) == checkpoints_to_evaluate(run)
+    assert checkpoints_to_evaluate(ckpt / "model-000000004.pth") == [(4, ckpt / "model-000000004.pth")]
+    prune_checkpoints(ckpt, keep=2)
+    assert [s for s, _ in list_checkpoints(ckpt)] == [4, 10]
+
+
+def test_locating_refuses_what_is_not_a_run(tmp_path):
+    loose = tmp_path / "model-000000001.pth"
+    loose.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a training run"):
+        locate_run(loose)
+    with pytest.raises(CheckpointError, match="not a training run"):
+        locate_run(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        locate_run(tmp_path / "nope")
+    empty = tmp_path / "empty" / "checkpoints"
+    empty.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="no model-\\*.pth checkpoints"):
+        locate_run(empty.parent)
+    with pytest.raises(CheckpointError, match="no model-\\*.pth checkpoints under"):
+        checkpoints_to_evaluate(empty.parent)

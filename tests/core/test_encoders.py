@@ -1,14 +1,19 @@
-"""Image encoders: stride-8 output shapes, gradients, RepLK reparameterisation, offline weights."""
+"""Image encoders: stride-8 output shapes, gradients, RepLK reparameterisation, offline weights,
+the registry, and where each encoder's features sit in the image (impulse-response centroids)."""
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from simplebev_core.config import ModelConfig
-from simplebev_core.encoders import build_encoder
+from simplebev_core import config
+from simplebev_core.config import ConfigError, ModelConfig
+from simplebev_core.encoders import REGISTRY, build_encoder, encoder_phase_px
+from simplebev_core.receptive_field import measure_phase
 from simplebev_core.replk import RepLKBlock, ReparamLargeKernelConv, reparameterize_model
 
 C = 16
@@ -138,10 +143,59 @@ def test_invalid_kernel_pair_rejected():
 
 
 def test_unknown_encoder_rejected():
-    from simplebev_core import camencode
+    with pytest.raises(ConfigError, match="unknown encoder 'vit'"):
+        build_encoder(ModelConfig(encoder="vit", encoder_pretrained=False))
 
-    with pytest.raises(ValueError, match="unknown encoder"):
-        camencode.build(ModelConfig(encoder="res50", encoder_pretrained=False))
+
+def test_one_registry_matches_the_config_list():
+    assert tuple(REGISTRY) == config.ENCODERS
+
+
+def imported_modules(module) -> set[str]:
+    """The simplebev_core modules a module's source imports (relative or absolute)."""
+    tree = ast.parse(Path(module.__file__).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            names.add(base if node.level == 0 else f"simplebev_core.{base}".rstrip("."))
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n.startswith("simplebev_core")}
+
+
+def test_encoder_modules_import_without_a_cycle():
+    """encoders.py -> camencode.py -> layers.py (shared blocks), one direction only."""
+    from simplebev_core import camencode, encoders, layers, replk
+
+    assert "simplebev_core.camencode" in imported_modules(encoders)
+    for module in (camencode, layers, replk):
+        assert "simplebev_core.encoders" not in imported_modules(module), module.__name__
+    assert "simplebev_core.camencode" not in imported_modules(layers)
+
+
+# Measured by bench/receptive_field.py over more seeds and sizes (README); here 4 seeds at
+# 64x256, randomly initialised weights.
+PHASE_IMAGE_HW = (64, 256)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_registered_phase_is_the_measured_impulse_response_centroid(name):
+    """Feature i's impulse-response centroid lies within 1.5 px of 8 i + phase (the spread over
+    seeds is 0.5-1.8 px), and the area-centre assumption 8 i + 3.5 that 'exact' used to make is
+    at least 2 px further off."""
+    cfg = small_config(name, latent_dim=8, replk_blocks=2, replk_kernel=31, replk_small_kernel=5)
+    measured = float(measure_phase(lambda: build_encoder(cfg), PHASE_IMAGE_HW, range(4)).x.mean())
+    phase = encoder_phase_px(name)
+    assert abs(measured - phase) <= 1.5, f"{name}: measured {measured:+.2f}, registered {phase:+.1f}"
+    assert abs(measured - 3.5) >= abs(measured - phase) + 2.0
+
+
+def test_resnet_trunk_alone_sits_at_8i():
+    """The stride-8 trunk (conv1 .. layer2, every stride-2 op centred) puts feature i at 8 i."""
+    cfg = small_config("res50")
+    measured = measure_phase(lambda: build_encoder(cfg).backbone, PHASE_IMAGE_HW, range(3))
+    assert abs(float(measured.x.mean())) < 0.75 and abs(float(measured.y.mean())) < 0.75
 
 
 def test_pretrained_offline_raises_clear_error(tmp_path, monkeypatch):

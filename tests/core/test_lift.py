@@ -40,9 +40,89 @@ def test_one_hot_feature_pixel_lands_in_its_voxel_column(convention):
     # the brightest voxels lie on the ray through the pixel: all in front, to the right and below centre
     best = xyz_ref[volume.reshape(-1).argmax()]
     assert best[2] > 0 and best[0] > 0 and best[1] > 0
-    expected_xy = torch.tensor([u, v], dtype=torch.float32)
-    got_xy = xy[volume.reshape(-1).argmax()]
-    assert torch.allclose(got_xy, expected_xy, atol=0.75)
+
+
+
+def ramp_lift(convention: str, phase: float | None, image_hw=(96, 128), feat_hw=(12, 16)):
+    """Lift feature maps holding their own column and row index (a linear ramp: bilinear sampling
+    returns the sampled position exactly) through one camera. Returns what each voxel read
+    (N, 2), where the convention says it reads the map (N, 2), and which voxels read it well
+    inside (away from the zero padding)."""
+    grid = VoxelGrid(SMALL_GRID)
+    (H, W), (Hf, Wf) = image_hw, feat_hw
+    pix_T_cam = intrinsics_matrix(60.0, 60.0, 61.3, 47.2)[None, None]  # image pixels
+    rows, cols = torch.meshgrid(torch.arange(Hf, dtype=torch.float32),
+                                torch.arange(Wf, dtype=torch.float32), indexing="ij")
+    feats = torch.stack([cols, rows])[None, None]  # (1, 1, 2, Hf, Wf)
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cam, torch.eye(4)[None, None], image_hw,
+                                                     feat_hw, convention, phase)
+    read = lift_reference(feats, featpix_T_refs, cam_T_refs, grid, convention)[0]  # (2, Z, Y, X)
+    read = read.reshape(2, -1).T
+    xy, depth = project_to_pixels(pix_T_cam[0, 0], grid.voxel_centers_ref())
+    s = torch.tensor([Wf / W, Hf / H])
+    size = torch.tensor([Wf, Hf], dtype=torch.float32)
+    if convention == "upstream":
+        expected = xy * s * size / (size - 1) - 0.5
+    elif phase is None:
+        expected = (xy + 0.5) * s - 0.5
+    else:
+        expected = (xy - phase) * s
+    inside = (depth > 0) & (expected > 0.5).all(-1) & (expected < size - 1.5).all(-1)
+    return read, expected, inside
+
+
+@pytest.mark.parametrize("convention, phase", [("upstream", None), ("exact", None), ("exact", -3.0),
+                                               ("exact", 0.0)])
+def test_features_are_read_where_the_convention_says_to_sub_pixel_precision(convention, phase):
+    """Image pixel x (pixel-centre coordinates) is read at feature position
+    - upstream: (x s) * Wf / (Wf - 1) - 0.5 with s = Wf / W (upstream's (W-1) normalisation
+      under align_corners=False),
+    - exact with a phase: (x - phase) s (feature i sits at image pixel 8 i + phase),
+    - exact without one: (x + 0.5) s - 0.5 (the area-centre assumption, 8 i + 3.5),
+    to 1e-3 feature pixels, in both axes."""
+    read, expected, inside = ramp_lift(convention, phase)
+    assert inside.sum() > 50
+    err = (read[inside] - expected[inside]).abs().max()
+    assert err < 1e-3, f"max error {float(err):.2e} feature pixels"
+
+
+def test_pixel_conventions_are_told_apart():
+    """The conventions disagree by more than a tenth of a feature pixel somewhere in view, so the
+    1e-3 test above distinguishes them."""
+    reads = {key: ramp_lift(*key) for key in (("upstream", None), ("exact", None), ("exact", -3.0))}
+    inside = reads["upstream", None][2] & reads["exact", None][2] & reads["exact", -3.0][2]
+    keys = list(reads)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            gap = (reads[a][0][inside] - reads[b][0][inside]).abs().max()
+            assert gap > 0.1, f"{a} vs {b}: {float(gap):.3f}"
+
+
+@pytest.mark.parametrize("encoder", ["res50", "effb0"])
+def test_model_lifts_exact_features_at_its_encoders_phase(encoder):
+    """Segnet with pixel_convention exact reads image pixel x at (x - phase) / 8 with its
+    encoder's registered phase; upstream keeps upstream's reading (bit-identical)."""
+    from simplebev_core import build_model, load_config
+    from simplebev_core.encoders import encoder_phase_px
+
+    H, W = 96, 128
+    Hf, Wf = H // 8, W // 8
+    rows, cols = torch.meshgrid(torch.arange(Hf, dtype=torch.float32),
+                                torch.arange(Wf, dtype=torch.float32), indexing="ij")
+    feats = torch.stack([cols, rows])[None, None]
+    pix_T_cam = intrinsics_matrix(60.0, 60.0, 61.3, 47.2)[None, None]
+    overrides = {"model.encoder": encoder, "model.encoder_pretrained": False, "model.latent_dim": 2,
+                 "grid.x_range_m": [-10.0, 10.0], "grid.y_range_m": [-2.0, 2.0],
+                 "grid.z_range_m": [-10.0, 10.0], "grid.centroid_m": [0.0, 0.0, 0.0],
+                 "grid.voxels_zyx": [20, 4, 20], "input.cameras": ["CAM_FRONT"]}
+    for convention in ("upstream", "exact"):
+        model = build_model(load_config(overrides={**overrides, "model.pixel_convention": convention}))
+        got = model.lift(feats, pix_T_cam, torch.eye(4)[None, None], (H, W))[0].reshape(2, -1).T
+        phase = encoder_phase_px(encoder) if convention == "exact" else None
+        read, _, inside = ramp_lift(convention, phase, (H, W), (Hf, Wf))
+        assert torch.allclose(got, read, atol=1e-5)  # the fused lift vs the reference
+        table = model.make_lift_table(pix_T_cam[0], torch.eye(4)[None], (H, W))
+        assert torch.allclose(table(feats).reshape(2, -1).T[inside], read[inside], atol=1e-5)
 
 
 def random_rig_inputs(seed: int, B: int = 2, C: int = 5, H: int = 48, W: int = 80):

@@ -141,27 +141,78 @@ def _freeze_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def test_flips_are_exact_no_ops_for_unflipped_items_and_change_flipped_ones():
+class Taps:
+    """Forward hooks recording what the encoder, the BEV compressor and the segmentation head
+    receive, and what the decoder trunk (before the heads) produces."""
+
+    def __init__(self, model):
+        self.seen: dict[str, torch.Tensor] = {}
+        model.encoder.register_forward_pre_hook(self._input("images"))
+        model.bev_compressor.register_forward_pre_hook(self._input("bev"))
+        model.decoder.segmentation_head.register_forward_pre_hook(self._input("heads"))
+        model.decoder.up1_skip.register_forward_hook(
+            lambda m, args, out: self.seen.__setitem__("trunk", out.detach().clone()))
+
+    def _input(self, name):
+        return lambda m, args: self.seen.__setitem__(name, args[0].detach().clone())
+
+
+def test_flips_act_exactly_on_images_volume_radar_and_heads():
+    """Each flipped item's encoder input, compressor input (camera volume and meta-radar, the
+    velocity channels along a flipped axis negated) and head input equal the un-flipped run's,
+    flipped (and flipped back before the heads); un-flipped items are computed exactly as
+    without flips, and as in eval mode."""
+    from simplebev_core.radar import META_VELOCITY_X_CHANNELS, META_VELOCITY_Z_CHANNELS
+
     torch.manual_seed(0)
     # res50: no stochastic depth (EfficientNet blocks drop paths at random in training mode)
-    model = _freeze_batchnorm(build_model(tiny_cfg(**{"model.encoder": "res50", "model.radar": "meta"})).train())
-    images, pix, ref, radar = tiny_inputs(B=3, radar="meta")
+    cfg = tiny_cfg(**{"model.encoder": "res50", "model.radar": "meta"})
+    model = _freeze_batchnorm(build_model(cfg).train())
+    taps = Taps(model)
+    B, S, C, Y = 4, 2, cfg.model.latent_dim, cfg.grid.Y
+    images, pix, ref, radar = tiny_inputs(B=B, radar="meta")
     radar_before = radar.clone()
+    # Item 0: nothing; 1: camera 1's image; 2: BEV X; 3: BEV X and Z (BEV-flipped items keep
+    # their images, so that their camera volumes are the un-flipped run's).
+    plan = FlipPlan(image=torch.tensor([False, False, False, True, False, False, False, False]),
+                    bev_x=torch.tensor([False, False, True, True]),
+                    bev_z=torch.tensor([False, False, False, True]))
     with torch.no_grad():
-        plain = model(images, pix, ref, radar, flips=FlipPlan.none(3, 2))
-        model.eval()
-        evaluated = model(images, pix, ref, radar)
-        _freeze_batchnorm(model.train())
-        plan = FlipPlan(image=torch.tensor([False, False, True, False, False, False]),
-                        bev_x=torch.tensor([False, True, False]), bev_z=torch.tensor([False, True, True]))
+        plain = model(images, pix, ref, radar, flips=FlipPlan.none(B, S))
+        before = dict(taps.seen)
         flipped = model(images, pix, ref, radar, flips=plan)
+        after = dict(taps.seen)
+        evaluated = model.eval()(images, pix, ref, radar)
     assert torch.equal(radar, radar_before)  # the caller's radar tensor is not modified
     assert torch.allclose(plain.segmentation, evaluated.segmentation, atol=1e-6)
+
+    image_flipped = plan.image.reshape(-1)
+    for n in range(B * S):
+        expected = before["images"][n].flip(-1) if image_flipped[n] else before["images"][n]
+        assert torch.equal(after["images"][n], expected), f"encoder input {n}"
+
+    sign = torch.ones(C * Y + 16 * Y)
+    for b in (2, 3):
+        expected = before["bev"][b].flip(-1)  # (C*Y + 16*Y, Z, X), X last
+        sign.fill_(1.0)
+        for c in META_VELOCITY_X_CHANNELS:
+            sign[C * Y + c * Y:C * Y + (c + 1) * Y] = -1.0
+        if plan.bev_z[b]:
+            expected = expected.flip(-2)
+            for c in META_VELOCITY_Z_CHANNELS:
+                sign[C * Y + c * Y:C * Y + (c + 1) * Y] = -1.0
+        assert torch.equal(after["bev"][b], expected * sign[:, None, None]), f"compressor input {b}"
+        trunk = after["trunk"][b].flip(-1)
+        trunk = trunk.flip(-2) if plan.bev_z[b] else trunk
+        assert torch.equal(after["heads"][b], trunk), f"head input {b} not flipped back"
+    for b in (0, 1):
+        assert torch.equal(after["heads"][b], after["trunk"][b])
+        assert torch.equal(after["bev"][b][C * Y:], before["bev"][b][C * Y:])  # radar untouched
     for field in ("segmentation", "center", "offset"):
         a, b = getattr(plain, field), getattr(flipped, field)
-        assert torch.allclose(a[0], b[0], atol=1e-6), f"{field}: un-flipped item changed"
-        assert not torch.allclose(a[1], b[1], atol=1e-4), f"{field}: flipped item unchanged"
-        assert not torch.allclose(a[2], b[2], atol=1e-4), f"{field}: flipped item unchanged"
+        assert torch.equal(a[0], b[0]), f"{field}: un-flipped item changed"
+        for item in (1, 2, 3):
+            assert not torch.allclose(a[item], b[item], atol=1e-4), f"{field}: item {item} unchanged"
 
 
 def test_flips_only_in_training_mode():

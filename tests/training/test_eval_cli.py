@@ -1,21 +1,25 @@
-"""eval.py end to end: a run directory -> per-checkpoint IoU table, eval.csv and eval.png; upstream
+"""eval.py end to end: a run directory -> per-checkpoint IoU table, eval.csv and eval.png, checked
+against IoUs computed by hand from the held-out targets for planted predictions; upstream
 checkpoint files evaluated with the config given on the command line."""
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from simplebev_core.checkpoint import CheckpointError, save_checkpoint
+from simplebev_core.checkpoint import save_checkpoint
+from simplebev_core.config import resolve_config
 from simplebev_core.model import build_model
-from training.train import resolve_config
 
 pytest.importorskip("nuscenes", reason="eval.py reads data through the nuScenes devkit")
 
 PRESET = Path(__file__).resolve().parents[2] / "config" / "synthetic_cpu.yaml"
 SETS = ["input.image_height=64", "input.image_width=112", "data.num_workers=0"]
+BAND_WIDTH_M = 7.1  # upstream's eval_over_distance bands
 
 
 def _args(dataroot: Path, version: str, checkpoint: Path, *extra: str) -> list[str]:
@@ -23,47 +27,98 @@ def _args(dataroot: Path, version: str, checkpoint: Path, *extra: str) -> list[s
             "--device", "cpu", "--num-workers", "0", *extra]
 
 
-def test_run_directory_gives_table_csv_and_plot(synthetic_dataroot, tmp_path, capsys):
-    from training.eval import main
+def planted_model(cfg, logit: float):
+    """A model whose segmentation logit is `logit` in every cell (head weights 0, bias logit)."""
+    model = build_model(cfg)
+    head = model.decoder.segmentation_head[3]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(logit)
+    return model
+
+
+def held_out_maps(cfg, dataroot, version):
+    """(seg, valid) of every held-out sample, (N, Z, X) numpy, straight from the loader."""
     from training.nuscenes_data import NuScenesBev
+
+    val = NuScenesBev(cfg, dataroot, version, "val", train=False)
+    targets = [val[i].targets for i in range(len(val))]
+    seg = np.stack([t.seg[0].numpy() for t in targets]).astype(np.float64)
+    valid = np.stack([t.valid[0].numpy() for t in targets]).astype(np.float64)
+    return seg, valid
+
+
+def band_of_cells(cfg) -> np.ndarray:
+    """(Z, X) distance band (7.1 m wide, the last one open) of each cell centre, by hand."""
+    (x0, x1), _, (z0, z1) = cfg.grid.bounds_m()
+    Z, _, X = cfg.grid.voxels_zyx
+    x = x0 + (np.arange(X) + 0.5) * (x1 - x0) / X
+    z = z0 + (np.arange(Z) + 0.5) * (z1 - z0) / Z
+    dist = np.sqrt(z[:, None] ** 2 + x[None, :] ** 2)
+    return np.minimum(np.floor(dist / BAND_WIDTH_M), 9).astype(int)
+
+
+def test_run_directory_gives_the_hand_computed_ious_table_csv_and_plot(synthetic_dataroot, tmp_path,
+                                                                       capsys):
+    from training.eval import main
 
     dataroot, version = synthetic_dataroot
     cfg = resolve_config(None, [str(PRESET)], SETS)
     run = tmp_path / "run"
-    for step in (5, 10):
-        torch.manual_seed(step)
-        save_checkpoint(run / "checkpoints" / f"model-{step:09d}.pth", build_model(cfg), cfg, step=step)
+    # Step 5 predicts a vehicle everywhere, step 10 nowhere.
+    for step, logit in ((5, 20.0), (10, -20.0)):
+        save_checkpoint(run / "checkpoints" / f"model-{step:09d}.pth", planted_model(cfg, logit),
+                        cfg, step=step)
 
     assert main(_args(dataroot, version, run)) == 0
     out = capsys.readouterr().out
     assert "IoU-all" in out and "model-000000005.pth: IoU" in out
 
+    seg, valid = held_out_maps(cfg, dataroot, version)
+    assert seg.sum() > 0 and (1 - valid).sum() > 0, "the held-out scene needs vehicles, some ignored"
+    # Everywhere positive: intersection = vehicles, union = every cell (both within valid),
+    # summed over the dataset (not averaged per sample).
+    iou = (seg * valid).sum() / valid.sum()
+    iou_all = seg.sum() / seg.size
+    bands = band_of_cells(cfg)
+    band_iou = [(seg * valid)[:, bands == b].sum() / valid[:, bands == b].sum()
+                if valid[:, bands == b].sum() > 0 else math.nan for b in range(10)]
+    assert iou != pytest.approx(iou_all, abs=1e-4), "the valid mask must make a difference here"
+
     with (run / "eval.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [5, 10]
-    expected_samples = len(NuScenesBev(cfg, dataroot, version, "val", train=False))
-    assert expected_samples > 0
-    for r in rows:
-        assert int(r["samples"]) == expected_samples  # every held-out sample, no drop_last
-        assert 0.0 <= float(r["iou"]) <= 1.0 and 0.0 <= float(r["iou_unfiltered"]) <= 1.0
-    # Two differently initialised models must not score identically (the metric sees the model).
-    assert rows[0]["iou_unfiltered"] != rows[1]["iou_unfiltered"] or rows[0]["iou"] != rows[1]["iou"]
+    assert all(int(r["samples"]) == len(seg) for r in rows)  # every held-out sample
+    everywhere, nowhere = rows
+    assert float(everywhere["iou"]) == pytest.approx(iou, abs=1e-5)
+    assert float(everywhere["iou_unfiltered"]) == pytest.approx(iou_all, abs=1e-5)
+    band_columns = [k for k in everywhere if k.startswith("iou_") and k.endswith("m")]
+    assert len(band_columns) == 10
+    for column, expected in zip(band_columns, band_iou):
+        got = float(everywhere[column])
+        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-5)
+    assert float(nowhere["iou"]) == 0.0 and float(nowhere["iou_unfiltered"]) == 0.0
     assert (run / "eval.png").stat().st_size > 1000
 
 
-def test_upstream_file_uses_command_line_config(synthetic_dataroot, tmp_path):
+def test_upstream_file_uses_command_line_config(synthetic_dataroot, tmp_path, capsys):
     from training.eval import main
 
     dataroot, version = synthetic_dataroot
     cfg = resolve_config(None, [str(PRESET)], SETS)
     torch.manual_seed(0)
     upstream_file = tmp_path / "model-000025000.pth"
-    torch.save({"model_state_dict": build_model(cfg).state_dict(), "optimizer_state_dict": None}, upstream_file)
+    torch.save({"model_state_dict": build_model(cfg).state_dict(), "optimizer_state_dict": None},
+               upstream_file)
 
     preset_args = ["--preset", str(PRESET)] + [x for s in SETS for x in ("--set", s)]
-    assert main(_args(dataroot, version, upstream_file, *preset_args, "--out-dir", str(tmp_path / "out"))) == 0
+    out_dir = tmp_path / "out"
+    assert main(_args(dataroot, version, upstream_file, *preset_args, "--out-dir", str(out_dir))) == 0
     with (tmp_path / "out" / "eval.csv").open() as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [25000]
-    # Without the matching config the strict load refuses it, naming the file.
-    with pytest.raises(CheckpointError, match="model-000025000.pth"):
-        main(_args(dataroot, version, upstream_file, "--set", "model.encoder_pretrained=false"))
+    capsys.readouterr()
+    # Without the matching config the strict load refuses it: one line naming the file, exit 2.
+    assert main(_args(dataroot, version, upstream_file, "--set", "model.encoder_pretrained=false")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "model-000025000.pth" in err[-1]
+    assert not any("Traceback" in line for line in err)

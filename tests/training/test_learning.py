@@ -12,7 +12,8 @@ from simplebev_core.checkpoint import load_checkpoint
 from simplebev_core.model import build_model
 from training.eval import evaluate
 from training.nuscenes_data import NuScenesBev
-from training.train import build_parser, resolve_config, train
+from simplebev_core.config import resolve_config
+from training.train import build_parser, train
 
 pytest.importorskip("nuscenes", reason="the loader is built on the nuScenes devkit")
 

@@ -90,3 +90,26 @@ def test_thin_box_still_marks_its_centre_cell():
     # 0.6 m x 0.3 m (a bicycle seen end-on) between cell centres: covers no centre, keeps one cell.
     t = rasterize_targets(boxes((5.0, 3.0, 0.3, 0.6, 0.0, False)), REF_T_EGO, GRID)
     assert t.seg.sum() == 1 and t.valid.sum() == 399
+
+
+def footprint_distances(row: int, col: int, x_ego: float, y_ego: float, yaw: float) -> tuple[float, float]:
+    """(along, across) distance of cell (row, col)'s centre from a box's centre, box axes, m."""
+    x_c, y_c = row - 10.0 + 0.5, -(col - 10.0 + 0.5)  # cell centre in ego (see cell())
+    dx, dy = x_c - x_ego, y_c - y_ego
+    return abs(dx * math.cos(yaw) + dy * math.sin(yaw)), abs(-dx * math.sin(yaw) + dy * math.cos(yaw))
+
+
+@pytest.mark.parametrize("visible", [True, False])
+def test_centre_cell_fallback_only_for_boxes_that_cover_no_cell(visible):
+    """A 3 m x 0.5 m box at 45 deg centred on a cell corner covers two cell centres on its axis;
+    the cell its rounded centre falls in lies 0.71 m off the axis (half-width 0.25 m) and must
+    stay empty (it used to be marked whenever it was empty)."""
+    x, y, yaw = 5.0, 3.0, math.pi / 4  # the corner between rows 14/15 and columns 6/7
+    t = rasterize_targets(boxes((x, y, 3.0, 0.5, yaw, visible)), REF_T_EGO, GRID)
+    cells = {tuple(rc) for rc in t.seg[0].nonzero().tolist()}
+    assert cells == {(14, 7), (15, 6)}
+    for row, col in cells:
+        along, across = footprint_distances(row, col, x, y, yaw)
+        assert along <= 1.5 and across <= 0.25
+    ignored = {tuple(rc) for rc in (t.valid[0] == 0).nonzero().tolist()}
+    assert ignored == (set() if visible else cells)
