@@ -217,8 +217,9 @@ def _load_state(model: nn.Module, state: dict[str, Any], file: Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         detail = _mismatch_summary(model, state) or " ".join(str(e).split())
-        raise CheckpointError(f"checkpoint '{file}' does not fit this model (check model.encoder, "
-                              f"model.radar, model.latent_dim and grid.voxels_zyx): {detail}") from e
+        raise CheckpointError(f"checkpoint '{file}' does not fit this model (check "
+                              "model.encoder, model.radar, model.latent_dim and grid.voxels_zyx): "
+                              f"{detail}") from e
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -132,7 +132,8 @@ def test_run_directory_scanning_and_locating(tmp_path):
     assert resolve_checkpoint(run) == ckpt / "model-000000010.pth"
     assert [s for s, _ in checkpoints_to_evaluate(run)] == [2, 4, 10]
     assert checkpoints_to_evaluate(ckpt) == checkpoints_to_evaluate(run)
-    assert checkpoints_to_evaluate(ckpt / "model-000000004.pth") == [(4, ckpt / "model-000000004.pth")]
+    one = ckpt / "model-000000004.pth"
+    assert checkpoints_to_evaluate(one) == [(4, one)]
     prune_checkpoints(ckpt, keep=2)
     assert [s for s, _ in list_checkpoints(ckpt)] == [4, 10]
 

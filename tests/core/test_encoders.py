@@ -187,7 +187,7 @@ def test_registered_phase_is_the_measured_impulse_response_centroid(name):
     cfg = small_config(name, latent_dim=8, replk_blocks=2, replk_kernel=31, replk_small_kernel=5)
     measured = float(measure_phase(lambda: build_encoder(cfg), PHASE_IMAGE_HW, range(4)).x.mean())
     phase = encoder_phase_px(name)
-    assert abs(measured - phase) <= 1.5, f"{name}: measured {measured:+.2f}, registered {phase:+.1f}"
+    assert abs(measured - phase) <= 1.5, f"{name}: measured {measured:+.2f}, uses {phase:+.1f}"
     assert abs(measured - 3.5) >= abs(measured - phase) + 2.0
 
 

@@ -45,7 +45,8 @@ def test_eval_user_mistakes(synthetic_dataroot, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "run_without_checkpoints"
     (empty / "checkpoints").mkdir(parents=True)
     one_error_line(capsys, main(["--checkpoint", str(empty)] + base), "no model-*.pth", str(empty))
-    one_error_line(capsys, main(["--checkpoint", str(tmp_path / "nope.pth")] + base), "does not exist")
+    missing = ["--checkpoint", str(tmp_path / "nope.pth")]
+    one_error_line(capsys, main(missing + base), "does not exist")
 
     upstream = tmp_path / "model-000000001.pth"
     cfg = load_config(overrides={"model.encoder": "effb0", "model.encoder_pretrained": False,

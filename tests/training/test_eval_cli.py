@@ -58,8 +58,8 @@ def band_of_cells(cfg) -> np.ndarray:
     return np.minimum(np.floor(dist / BAND_WIDTH_M), 9).astype(int)
 
 
-def test_run_directory_gives_the_hand_computed_ious_table_csv_and_plot(synthetic_dataroot, tmp_path,
-                                                                       capsys):
+def test_run_directory_gives_hand_computed_ious_table_csv_and_plot(synthetic_dataroot, tmp_path,
+                                                                    capsys):
     from training.eval import main
 
     dataroot, version = synthetic_dataroot
@@ -75,7 +75,7 @@ def test_run_directory_gives_the_hand_computed_ious_table_csv_and_plot(synthetic
     assert "IoU-all" in out and "model-000000005.pth: IoU" in out
 
     seg, valid = held_out_maps(cfg, dataroot, version)
-    assert seg.sum() > 0 and (1 - valid).sum() > 0, "the held-out scene needs vehicles, some ignored"
+    assert seg.sum() > 0 and (1 - valid).sum() > 0, "needs held-out vehicles, some of them ignored"
     # Everywhere positive: intersection = vehicles, union = every cell (both within valid),
     # summed over the dataset (not averaged per sample).
     iou = (seg * valid).sum() / valid.sum()
@@ -96,7 +96,8 @@ def test_run_directory_gives_the_hand_computed_ious_table_csv_and_plot(synthetic
     assert len(band_columns) == 10
     for column, expected in zip(band_columns, band_iou):
         got = float(everywhere[column])
-        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-5)
+        both_nan = math.isnan(got) and math.isnan(expected)
+        assert both_nan or got == pytest.approx(expected, abs=1e-5), column
     assert float(nowhere["iou"]) == 0.0 and float(nowhere["iou_unfiltered"]) == 0.0
     assert (run / "eval.png").stat().st_size > 1000
 
@@ -113,12 +114,14 @@ def test_upstream_file_uses_command_line_config(synthetic_dataroot, tmp_path, ca
 
     preset_args = ["--preset", str(PRESET)] + [x for s in SETS for x in ("--set", s)]
     out_dir = tmp_path / "out"
-    assert main(_args(dataroot, version, upstream_file, *preset_args, "--out-dir", str(out_dir))) == 0
+    args = _args(dataroot, version, upstream_file, *preset_args, "--out-dir", str(out_dir))
+    assert main(args) == 0
     with (tmp_path / "out" / "eval.csv").open() as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [25000]
     capsys.readouterr()
     # Without the matching config the strict load refuses it: one line naming the file, exit 2.
-    assert main(_args(dataroot, version, upstream_file, "--set", "model.encoder_pretrained=false")) == 2
+    args = _args(dataroot, version, upstream_file, "--set", "model.encoder_pretrained=false")
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "model-000025000.pth" in err[-1]
     assert not any("Traceback" in line for line in err)

@@ -28,7 +28,8 @@ def dataset(synthetic_dataroot, split: str, train: bool, **overrides):
     from training.nuscenes_data import NuScenesBev
 
     dataroot, version = synthetic_dataroot
-    return NuScenesBev(load_config(overrides={**SMALL, **overrides}), dataroot, version, split, train)
+    cfg = load_config(overrides={**SMALL, **overrides})
+    return NuScenesBev(cfg, dataroot, version, split, train)
 
 
 def pose(record: dict) -> np.ndarray:
@@ -141,4 +142,5 @@ def test_run_with_loader_workers_resumes_exactly(synthetic_dataroot, tmp_path):
     assert a["extra"]["data"] == b["extra"]["data"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    assert torch.equal(a["extra"]["rng_per_rank"][0]["torch"], b["extra"]["rng_per_rank"][0]["torch"])
+    rng_a, rng_b = (x["extra"]["rng_per_rank"][0]["torch"] for x in (a, b))
+    assert torch.equal(rng_a, rng_b)

@@ -92,11 +92,13 @@ def test_thin_box_still_marks_its_centre_cell():
     assert t.seg.sum() == 1 and t.valid.sum() == 399
 
 
-def footprint_distances(row: int, col: int, x_ego: float, y_ego: float, yaw: float) -> tuple[float, float]:
+def footprint_distances(row: int, col: int, x_ego: float, y_ego: float,
+                        yaw: float) -> tuple[float, float]:
     """(along, across) distance of cell (row, col)'s centre from a box's centre, box axes, m."""
     x_c, y_c = row - 10.0 + 0.5, -(col - 10.0 + 0.5)  # cell centre in ego (see cell())
     dx, dy = x_c - x_ego, y_c - y_ego
-    return abs(dx * math.cos(yaw) + dy * math.sin(yaw)), abs(-dx * math.sin(yaw) + dy * math.cos(yaw))
+    c, s = math.cos(yaw), math.sin(yaw)
+    return abs(dx * c + dy * s), abs(-dx * s + dy * c)
 
 
 @pytest.mark.parametrize("visible", [True, False])

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from simplebev_core.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint
+from simplebev_core.checkpoint import (
+    CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint,
+)
 from simplebev_core.config import ConfigError, resolve_config
 from simplebev_core.model import build_model
 from simplebev_core.sample import Sample, Targets, collate
@@ -20,7 +22,8 @@ from training import losses
 from training import train as train_module
 from training.cli import UsageError
 from training.train import (
-    DistEnv, NonFiniteLossError, Precision, accumulate_gradients, apply_update, build_parser, train,
+    DistEnv, NonFiniteLossError, Precision, accumulate_gradients, apply_update, build_parser,
+    train,
 )
 
 TINY = [
@@ -56,10 +59,11 @@ class TinyDataset(Dataset):
         shift = float(np.random.default_rng(seed).uniform(0, 0.1))  # the "augmentation"
         images = (images + shift).clamp(0, 1)
         seg = (torch.rand(1, Z, X, generator=g) > 0.8).float()
-        t = Targets(seg=seg, valid=torch.ones(1, Z, X), center=seg * 0.9, offset=torch.zeros(2, Z, X))
-        return Sample(images, pinhole(H, W).expand(S, 4, 4).clone(), torch.eye(4).expand(S, 4, 4).clone(),
-                      targets=t, token=f"t{index}", cameras=tuple(self.cfg.input.cameras),
-                      ref_camera="CAM_FRONT")
+        t = Targets(seg=seg, valid=torch.ones(1, Z, X), center=seg * 0.9,
+                    offset=torch.zeros(2, Z, X))
+        return Sample(images, pinhole(H, W).expand(S, 4, 4).clone(),
+                      torch.eye(4).expand(S, 4, 4).clone(), targets=t, token=f"t{index}",
+                      cameras=tuple(self.cfg.input.cameras), ref_camera="CAM_FRONT")
 
 
 def factory(cfg, dataroot, version, split, is_train):
@@ -91,7 +95,8 @@ def assert_same_run(a_path: Path, b_path: Path) -> None:
         assert torch.equal(v, b["model"][k]), f"weights differ after resume: {k}"
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     assert a["extra"]["data"] == b["extra"]["data"]
-    assert torch.equal(a["extra"]["rng_per_rank"][0]["flip"], b["extra"]["rng_per_rank"][0]["flip"])
+    flip_a, flip_b = (x["extra"]["rng_per_rank"][0]["flip"] for x in (a, b))
+    assert torch.equal(flip_a, flip_b)
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
@@ -105,12 +110,14 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     middle = run(["--resume", str(part), "--stop-at", "5"])
     assert middle == part_dir / "checkpoints" / "model-000000005.pth"
     resumed = run(["--resume", str(part_dir / "checkpoints")])
-    assert resumed == part_dir / "checkpoints" / "model-000000006.pth" and full.name == resumed.name
+    assert resumed == part_dir / "checkpoints" / "model-000000006.pth"
+    assert full.name == resumed.name
     assert not (part_dir / "checkpoints" / "checkpoints").exists()
     assert_same_run(full, resumed)
     # keep_latest=2, and the run dir carries its config
     assert steps_in(tmp_path / "full") == [4, 6] and steps_in(part_dir) == [5, 6]
-    assert (tmp_path / "full" / "config.yaml").is_file() and (tmp_path / "full" / "train.log").is_file()
+    assert (tmp_path / "full" / "config.yaml").is_file()
+    assert (tmp_path / "full" / "train.log").is_file()
     assert list((tmp_path / "full" / "tb").iterdir())
     # Weights outside a run are --init material; a new run may not overwrite an old one.
     loose = tmp_path / "loose.pth"
@@ -130,7 +137,8 @@ def test_resume_refuses_a_changed_schedule_before_training(tmp_path):
         with pytest.raises(ConfigError, match=f"'{key}'.*--stop-at.*--init"):
             run(["--resume", str(tmp_path / "a"), "--set", override])
     assert steps_in(tmp_path / "a") == [2]  # nothing ran
-    assert run(["--resume", str(tmp_path / "a"), "--set", "train.log_every=2"]).name.endswith("6.pth")
+    last = run(["--resume", str(tmp_path / "a"), "--set", "train.log_every=2"])
+    assert last.name == "model-000000006.pth"
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -143,7 +151,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             terms.total = terms.total * float("nan")
         return terms
 
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3.*model-000000002\.pth"):
+    expected = r"non-finite loss at step 3.*model-000000002\.pth"
+    with pytest.raises(NonFiniteLossError, match=expected):
         run(["--run-dir", str(tmp_path / "nan")], loss_fn=poisoned)
     files = list_checkpoints(tmp_path / "nan" / "checkpoints")
     assert [s for s, _ in files] == [2]
@@ -288,14 +297,17 @@ def test_k_micro_batches_of_one_equal_one_batch_of_k():
     assert float(diff.norm()) < 1e-4 * float(flat.norm())
     for name, g in whole.items():  # no parameter hides a large local error
         assert float((micro[name] - g).norm()) < 1e-4 * float(flat.norm()), name
-    assert float(torch.cat([g.flatten() for n, g in whole.items() if n.startswith("encoder")]).norm()) > 0
+    encoder = [g.flatten() for n, g in whole.items() if n.startswith("encoder")]
+    assert float(torch.cat(encoder).norm()) > 0
 
 
 def test_init_from_checkpoint_and_config_errors(tmp_path):
     first = run(["--run-dir", str(tmp_path / "a"), "--stop-at", "2"])
-    second = run(["--run-dir", str(tmp_path / "b"), "--init", str(first), "--set", "train.max_steps=1"])
+    second = run(["--run-dir", str(tmp_path / "b"), "--init", str(first),
+                  "--set", "train.max_steps=1"])
     assert read_checkpoint(second)[1]["step"] == 1
     with pytest.raises(CheckpointError, match="does not fit"):
-        run(["--run-dir", str(tmp_path / "c"), "--init", str(first), "--set", "model.latent_dim=16"])
+        run(["--run-dir", str(tmp_path / "c"), "--init", str(first),
+             "--set", "model.latent_dim=16"])
     with pytest.raises(ConfigError, match="'train.lrr'"):
         run(["--run-dir", str(tmp_path / "d"), "--set", "train.lrr=1.0"])
