@@ -64,12 +64,16 @@ def read_bag(path: str | Path, topics: Sequence[str] | None = None) -> list[Reco
 class BagPlayer:
     """Publishes recorded messages from an rclpy node with the bag's timing."""
 
-    def __init__(self, node: Any, messages: Sequence[Recorded], rate: float = 1.0):
+    def __init__(self, node: Any, messages: Sequence[Recorded], rate: float = 1.0,
+                 on_publish: Any = None, max_gap_s: float | None = None):
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate}")
         self.node, self.messages, self.rate = node, list(messages), rate
+        self.on_publish = on_publish  # called with each Recorded right after it is published
+        # Silent stretches longer than this (between scenes of one bag) are shortened to it.
+        self.max_gap_ns = None if max_gap_s is None else int(max_gap_s * 1e9)
         self.publishers: dict[str, Any] = {}
         for m in self.messages:
             if m.topic in self.publishers:
@@ -101,17 +105,23 @@ class BagPlayer:
         start_ns = t0_bag + int(start_s * 1e9)
         items = [m for m in self.messages if m.stamp_ns >= start_ns or m.topic in LATCHED_TOPICS]
         wall0 = time.monotonic()
-        sent = 0
+        sent, skipped_ns, previous_ns = 0, 0, start_ns
         for m in items:
             if should_stop():
                 break
-            due = wall0 + max(0, m.stamp_ns - start_ns) * 1e-9 / self.rate
+            gap = m.stamp_ns - previous_ns
+            if self.max_gap_ns is not None and gap > self.max_gap_ns:
+                skipped_ns += gap - self.max_gap_ns
+            previous_ns = max(previous_ns, m.stamp_ns)
+            due = wall0 + max(0, m.stamp_ns - start_ns - skipped_ns) * 1e-9 / self.rate
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             if not self.has_clock:
                 self._publish_clock(m.stamp_ns)
             self.publishers[m.topic].publish(m.cdr)
+            if self.on_publish is not None:
+                self.on_publish(m)
             sent += 1
         return sent
 
@@ -139,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="play again from the start, forever")
     p.add_argument("--start", type=float, default=0.0, help="seconds into the bag to start at")
     p.add_argument("--topics", nargs="+", default=None, help="only these topics")
+    p.add_argument("--max-gap", type=float, default=None, metavar="S",
+                   help="shorten silent stretches (e.g. between scenes) to S seconds")
     p.add_argument("--wait-for", nargs="*", default=[], metavar="TOPIC",
                    help="wait (up to 10 s) until these topics have a subscriber before playing")
     return p
@@ -157,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rclpy.init()
     node = rclpy.create_node("simplebev_replay")
     try:
-        player = BagPlayer(node, messages, args.rate)
+        player = BagPlayer(node, messages, args.rate, max_gap_s=args.max_gap)
         player.wait_for_subscribers(args.wait_for, 10.0)
         for _ in iterate_loops(args.loop):
             sent = player.play(args.start)

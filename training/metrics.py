@@ -33,11 +33,13 @@ def intersection_union(seg_logits: Tensor, seg: Tensor, threshold: float = 0.5) 
 class IouAccumulator:
     """Accumulates intersections and unions over batches (float64 counts, any device)."""
 
-    def __init__(self, grid: VoxelGrid, threshold: float = 0.5, bands: int = DISTANCE_BANDS,
-                 band_width_m: float = BAND_WIDTH_M):
+    def __init__(self, grid: VoxelGrid | None, threshold: float = 0.5, bands: int = DISTANCE_BANDS,
+                 band_width_m: float = BAND_WIDTH_M, cell_distance: Tensor | None = None):
+        """`cell_distance` ((Z, X) metres from the reference camera) replaces the grid's for
+        maps on another grid (the node's base_link grid in simplebev_ros.evaluate)."""
         self.threshold = threshold
         self.band_width_m = band_width_m
-        dist = cell_distance_m(grid)
+        dist = cell_distance if cell_distance is not None else cell_distance_m(grid)
         # Cells beyond the last band go to the last band (the grid corner is at ~70.7 m for +-50 m).
         self.band_of_cell = (dist / band_width_m).floor().long().clamp(max=bands - 1)  # (Z, X)
         self.bands = bands
@@ -53,17 +55,28 @@ class IouAccumulator:
     def update(self, seg_logits: Tensor, seg: Tensor, valid: Tensor) -> None:
         """seg_logits, seg, valid: (B, 1, Z, X)."""
         inter, union = intersection_union(seg_logits, seg, self.threshold)
+        self._add(inter, union, valid)
+
+    @torch.no_grad()
+    def update_binary(self, pred: Tensor, seg: Tensor, valid: Tensor, inside: Tensor) -> None:
+        """Already thresholded predictions: pred, seg, valid, inside (B, 1, Z, X) bool/0-1;
+        cells outside `inside` (not on the model's grid) count nowhere."""
+        p, g, keep = pred.double(), seg.double(), inside.double()
+        self._add(p * g * keep, (p + g).clamp(max=1.0) * keep, valid.double() * keep)
+
+    def _add(self, inter: Tensor, union: Tensor, valid: Tensor) -> None:
         valid = valid.double()
         self.inter += float((inter * valid).sum())
         self.union += float((union * valid).sum())
         self.inter_all += float(inter.sum())
         self.union_all += float(union.sum())
-        band = self.band_of_cell.to(seg.device).flatten()
-        self.band_inter += torch.zeros(self.bands, dtype=torch.float64, device=seg.device).index_add_(
+        device = inter.device
+        band = self.band_of_cell.to(device).flatten()
+        self.band_inter += torch.zeros(self.bands, dtype=torch.float64, device=device).index_add_(
             0, band, (inter * valid).sum(dim=(0, 1)).flatten()).cpu()
-        self.band_union += torch.zeros(self.bands, dtype=torch.float64, device=seg.device).index_add_(
+        self.band_union += torch.zeros(self.bands, dtype=torch.float64, device=device).index_add_(
             0, band, (union * valid).sum(dim=(0, 1)).flatten()).cpu()
-        self.samples += seg.shape[0]
+        self.samples += inter.shape[0]
 
     def merge(self, counts: Tensor) -> None:
         """Replace the counts by `counts` (as from `as_tensor`, e.g. after an all-reduce)."""

@@ -1,0 +1,310 @@
+"""Score the running node on a replayed bag against the bag's ground truth.
+
+    python -m simplebev_ros.evaluate BAG [--rate R] [--out DIR] \\
+        [--start-node --params-file P --checkpoint C]
+
+Plays the bag (simplebev_ros.replay), collects the node's /bev/occupancy grids and matches them
+by stamp with the bag's /bev/ground_truth (written by training.nuscenes_to_bag on the node's
+grid), and reports the training evaluation's IoU (training.metrics: dataset-level
+intersection over union, the same visibility-filtered valid mask, the same distance bands from
+the reference camera), end-to-end latency percentiles (grid received - reference image
+published), throughput and dropped sets. Writes a PNG mosaic (six cameras, prediction, ground
+truth) and an animated GIF of the sequence. With --start-node it runs the node itself with the
+same command line users run (params file + checkpoint) and stops it at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .replay import BagError, BagPlayer, Recorded, message_class, read_bag
+
+GT_TOPIC = "/bev/ground_truth"
+GT_VEHICLE, GT_IGNORED, GT_OUTSIDE = 100, 50, -1
+BAND_WIDTH_M = 7.1
+
+
+@dataclass
+class Frame:
+    stamp_ns: int
+    gt: np.ndarray  # (height, width) int8 ground-truth codes
+    pred: np.ndarray | None = None  # (height, width) int8 node values
+    latency_s: float | None = None
+
+
+@dataclass
+class Report:
+    frames: list[Frame]
+    iou: float
+    iou_unfiltered: float
+    iou_by_band: list[float]
+    band_labels: list[str]
+    latency_ms: dict[str, float]
+    throughput_hz: float
+    missing: int
+    diagnostics: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        got = sum(f.pred is not None for f in self.frames)
+        out = [f"frames with ground truth: {len(self.frames)}, predicted: {got}, missing: {self.missing}",
+               f"vehicle IoU (visibility-filtered, as training/eval.py): {100 * self.iou:.1f}",
+               f"vehicle IoU (all vehicles): {100 * self.iou_unfiltered:.1f}",
+               "IoU by distance: " + ", ".join(f"{b} {100 * v:.1f}" for b, v in
+                                                zip(self.band_labels, self.iou_by_band) if v == v)]
+        if self.latency_ms:
+            out.append("end-to-end latency ms: " + ", ".join(f"{k} {v:.0f}" for k, v in self.latency_ms.items()))
+        out.append(f"throughput: {self.throughput_hz:.2f} grids/s")
+        keys = ("sets_complete", "sets_partial", "sets_dropped_busy", "sets_failed", "sets_dropped_incomplete")
+        out.append("node: " + ", ".join(f"{k} {self.diagnostics.get(k, '?')}" for k in keys))
+        return out
+
+
+def grid_values(msg: Any) -> np.ndarray:
+    return np.asarray(msg.data, dtype=np.int8).reshape(msg.info.height, msg.info.width)
+
+
+def score(frames: Sequence[Frame], threshold: float, cell_distance: torch.Tensor) -> tuple[Any, int]:
+    """The training metric over the frames (a frame without a prediction counts as empty)."""
+    from training.metrics import IouAccumulator
+
+    acc = IouAccumulator(None, threshold=threshold, cell_distance=cell_distance)
+    missing = 0
+    for f in frames:
+        gt = torch.from_numpy(f.gt.astype(np.int16))
+        if f.pred is None:
+            missing += 1
+            pred = torch.zeros_like(gt, dtype=torch.bool)
+        else:
+            pred = torch.from_numpy(f.pred.astype(np.int16)) > round(100 * threshold)
+        seg = (gt == GT_VEHICLE) | (gt == GT_IGNORED)
+        acc.update_binary(pred[None, None], seg[None, None], (gt != GT_IGNORED)[None, None],
+                          (gt != GT_OUTSIDE)[None, None])
+    return acc, missing
+
+
+def cell_distance_m(info: Any, ref_xy: tuple[float, float]) -> torch.Tensor:
+    """(height, width) distance of each base-grid cell centre from the reference camera."""
+    res = info.resolution
+    x = info.origin.position.x + (torch.arange(info.width, dtype=torch.float64) + 0.5) * res
+    y = info.origin.position.y + (torch.arange(info.height, dtype=torch.float64) + 0.5) * res
+    return torch.sqrt((x[None, :] - ref_xy[0]) ** 2 + (y[:, None] - ref_xy[1]) ** 2).float()
+
+
+def reference_camera_xy(messages: Sequence[Recorded], ref_camera: str) -> tuple[float, float]:
+    from rclpy.serialization import deserialize_message
+    from tf2_msgs.msg import TFMessage
+
+    for m in messages:
+        if m.topic == "/tf_static":
+            for t in deserialize_message(m.cdr, TFMessage).transforms:
+                if t.child_frame_id == ref_camera:
+                    return (t.transform.translation.x, t.transform.translation.y)
+    raise BagError(f"the bag's /tf_static has no transform of the reference camera '{ref_camera}'")
+
+
+def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s: float,
+        node_cmd: list[str] | None = None) -> tuple[Report, list[Recorded]]:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import OccupancyGrid
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.serialization import deserialize_message
+
+    messages = read_bag(bag)
+    gts = [m for m in messages if m.topic == GT_TOPIC]
+    if not gts:
+        raise BagError(f"bag '{bag}' has no {GT_TOPIC} (write it with python -m training.nuscenes_to_bag)")
+    frames = {m.stamp_ns: Frame(m.stamp_ns, grid_values(deserialize_message(m.cdr, OccupancyGrid)))
+              for m in gts}
+    gt_info = deserialize_message(gts[0].cdr, OccupancyGrid).info
+    ref_topic = f"/{ref_camera}/image_rect_compressed"
+    sent_wall: dict[int, float] = {}
+    proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) \
+        if node_cmd else None
+    rclpy.init()
+    node = rclpy.create_node("simplebev_evaluate")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    diagnostics: dict[str, str] = {}
+    received: list[float] = []
+
+    def on_grid(msg: Any) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        now = time.monotonic()
+        received.append(now)
+        if stamp in frames:
+            frames[stamp].pred = grid_values(msg)
+            if stamp in sent_wall:
+                frames[stamp].latency_s = now - sent_wall[stamp]
+
+    def on_diag(msg: Any) -> None:
+        for status in msg.status:
+            if status.name.startswith("simplebev"):
+                diagnostics.update({kv.key: kv.value for kv in status.values})
+
+    node.create_subscription(OccupancyGrid, "/bev/occupancy", on_grid, 50)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    image_type = message_class("sensor_msgs/msg/CompressedImage")
+
+    def on_publish(m: Recorded) -> None:
+        if m.topic == ref_topic:
+            header = deserialize_message(m.cdr, image_type).header
+            sent_wall[header.stamp.sec * 1_000_000_000 + header.stamp.nanosec] = time.monotonic()
+
+    # Scenes of one bag lie minutes apart: play them back to back.
+    player = BagPlayer(node, [m for m in messages if m.topic != GT_TOPIC], rate, on_publish,
+                       max_gap_s=1.0)
+    spinning = True
+
+    def spin() -> None:
+        while spinning:
+            executor.spin_once(timeout_sec=0.05)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        if proc is not None:  # the node loads its model first; fail fast if it exits
+            limit = time.monotonic() + 120.0
+            while proc.poll() is None and time.monotonic() < limit and \
+                    not player.wait_for_subscribers([ref_topic, "/tf"], 0.5):
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"the node exited with {proc.returncode}:\n{proc.stdout.read()}")
+        if not player.wait_for_subscribers([ref_topic, "/tf"], 120.0):
+            raise BagError(f"no node subscribed to {ref_topic} within 120 s (is simplebev_node running?)")
+        time.sleep(1.0)  # let every subscription of the node match, not only the first ones
+        start = time.monotonic()
+        player.play()
+        end = time.monotonic() + wait_s
+        # Wait for late grids: until every frame has one, or none came for 3 s (sets dropped).
+        while time.monotonic() < end and any(f.pred is None for f in frames.values()):
+            if time.monotonic() - max(received[-1:] or [start]) > 3.0 and time.monotonic() > start + 3.0:
+                break
+            time.sleep(0.05)
+        duration = max((received[-1] if received else time.monotonic()) - start, 1e-9)
+        time.sleep(1.2)  # one more diagnostics period
+    finally:
+        spinning = False
+        thread.join()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        if proc is not None:
+            import signal
+
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+            if proc.returncode not in (0, None):
+                raise RuntimeError(f"the node exited with {proc.returncode}:\n{out}")
+    ordered = [frames[k] for k in sorted(frames)]
+    acc, missing = score(ordered, threshold, cell_distance_m(gt_info, reference_camera_xy(messages, ref_camera)))
+    lat = sorted(f.latency_s for f in ordered if f.latency_s is not None)
+    latency_ms = {} if not lat else {
+        "p50": 1e3 * statistics.median(lat), "p90": 1e3 * lat[int(0.9 * (len(lat) - 1))],
+        "p99": 1e3 * lat[int(0.99 * (len(lat) - 1))], "max": 1e3 * lat[-1]}
+    report = Report(ordered, acc.iou, acc.iou_unfiltered, acc.iou_by_distance(), acc.band_labels(),
+                    latency_ms, len(received) / duration, missing, diagnostics)
+    return report, messages
+
+
+def mosaic(messages: Sequence[Recorded], frame: Frame, cameras: Sequence[str], width: int = 1200) -> np.ndarray:
+    """One frame as a picture: the six cameras (top two rows), prediction and ground truth
+    (bottom, forward up, as simplebev_ros.conversions.bev_rgb draws them). (H, W, 3) uint8."""
+    import cv2
+    from rclpy.serialization import deserialize_message
+
+    from .conversions import bev_rgb
+
+    image_type = message_class("sensor_msgs/msg/CompressedImage")
+    tiles = []
+    for cam in cameras:
+        topic = f"/{cam}/image_rect_compressed"
+        nearest = min((m for m in messages if m.topic == topic), key=lambda m: abs(m.stamp_ns - frame.stamp_ns))
+        data = np.frombuffer(bytes(deserialize_message(nearest.cdr, image_type).data), np.uint8)
+        bgr = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_4)
+        tiles.append(cv2.putText(bgr, cam, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2))
+    tile_w = width // 3
+    tiles = [cv2.resize(t, (tile_w, tile_w * t.shape[0] // t.shape[1])) for t in tiles]
+    rows = [np.concatenate(tiles[i:i + 3], axis=1) for i in (0, 3)]
+    side = rows[0].shape[1] // 2
+    gt = frame.gt.copy()
+    gt[gt == GT_IGNORED] = 40  # barely visible vehicles: dim
+    bev = []
+    for name, values in (("prediction", frame.pred), ("ground truth", gt)):
+        rgb = bev_rgb(values if values is not None else np.full_like(frame.gt, -1))
+        tile = cv2.resize(rgb[:, :, ::-1], (side, side), interpolation=cv2.INTER_NEAREST)
+        bev.append(cv2.putText(np.ascontiguousarray(tile), name, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                               (255, 255, 255), 2))
+    picture = np.concatenate(rows + [np.concatenate(bev, axis=1)], axis=0)
+    return np.ascontiguousarray(picture[:, :, ::-1])
+
+
+def write_outputs(report: Report, messages: Sequence[Recorded], cameras: Sequence[str], out: Path) -> list[Path]:
+    """out/demo.png (the frame with the most ground-truth vehicle cells), out/demo.gif (all
+    frames), out/report.json."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    best = max(report.frames, key=lambda f: int((f.gt == GT_VEHICLE).sum()))
+    png, gif, js = out / "demo.png", out / "demo.gif", out / "report.json"
+    Image.fromarray(mosaic(messages, best, cameras)).save(png)
+    pictures = [Image.fromarray(mosaic(messages, f, cameras, width=720)) for f in report.frames]
+    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=500, loop=0)
+    js.write_text(json.dumps({"iou": report.iou, "iou_unfiltered": report.iou_unfiltered,
+                              "iou_by_band": dict(zip(report.band_labels, report.iou_by_band)),
+                              "latency_ms": report.latency_ms, "throughput_hz": report.throughput_hz,
+                              "frames": len(report.frames), "missing": report.missing,
+                              "node": report.diagnostics}, indent=2))
+    return [png, gif, js]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m simplebev_ros.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("bag")
+    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--out", default="out", help="directory for demo.png, demo.gif, report.json")
+    p.add_argument("--params-file", default=None, help="the node's params file (threshold, cameras)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--start-node", action="store_true",
+                   help="start simplebev_node with --params-file and --checkpoint, stop it at the end")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for late grids")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from simplebev_core.config import ConfigError, load_config
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.params_file)
+        node_cmd = None
+        if args.start_node:
+            if not args.params_file or not args.checkpoint:
+                raise ConfigError("--start-node needs --params-file and --checkpoint")
+            node_cmd = [sys.executable, "-m", "simplebev_ros.node", "--ros-args", "--params-file",
+                        args.params_file, "-p", f"checkpoint:={args.checkpoint}"]
+        report, messages = run(args.bag, args.rate, cfg.input.ref_camera, cfg.postprocess.seg_threshold,
+                               args.wait, node_cmd)
+    except (BagError, ConfigError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in report.lines():
+        print(line)
+    for path in write_outputs(report, messages, cfg.input.cameras, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
