@@ -14,7 +14,9 @@ cleanly: peak resident set size above the process's level before the backend is 
 building it, the warm-up and the timed forwards (on CUDA: torch.cuda.max_memory_allocated;
 TensorRT's own allocations are not seen). Time: the median of --repeats forwards after two
 warm-ups, pooled over --rounds passes through all variants (interleaved, so slow drifts in
-machine load hit every variant alike). Parity: the largest relative difference over the three
+machine load hit every variant alike). On a CPU shared with other work, OMP_WAIT_POLICY=PASSIVE
+stops torch's (and, through this script, ONNX Runtime's) idle threads from busy-waiting.
+Parity: the largest relative difference over the three
 heads against eager on the same input, max|x - eager| / max|eager| per head.
 """
 from __future__ import annotations
@@ -91,7 +93,7 @@ def make_step(variant: str, cfg, work: Path, threads: int):
     """Build the variant's backend; return (forward callable, extra info)."""
     import torch
 
-    from simplebev_core.backends import TorchBackend, load_backend
+    from simplebev_core.backends import OnnxRuntimeBackend, TorchBackend, load_backend
 
     rig = bench_rig(cfg)
     if variant in ("eager", "cuda_fp32", "cuda_bf16"):
@@ -111,6 +113,9 @@ def make_step(variant: str, cfg, work: Path, threads: int):
     if variant == "tensorrt_fp16":
         backend = load_backend("tensorrt", work / "model.onnx", rig, precision="fp16")
         return backend, {"engine_build_s": backend.build_s}
+    if variant == "onnxruntime" and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        # Passive waiting asked for (shared CPU): the same for ONNX Runtime's own thread pool.
+        return OnnxRuntimeBackend(work / "model.onnx", rig, threads, spin=False), {"spin": False}
     return load_backend(variant, work / "model.onnx", rig, threads=threads), {}
 
 

@@ -159,12 +159,13 @@ class _ExportedBackend(Backend):
 
 
 class OnnxRuntimeBackend(_ExportedBackend):
-    """ONNX Runtime, CPU execution provider by default; all graph optimisations on."""
+    """ONNX Runtime, CPU execution provider by default; all graph optimisations on.
+    `spin=False` stops idle intra-op threads from busy-waiting (better on a shared CPU)."""
 
     kind = "onnxruntime"
 
     def __init__(self, path: str | Path, calibration: RigCalibration, threads: int | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool = True):
         ort = require("onnxruntime", "the onnxruntime backend")
         super().__init__(path, calibration)
         options = ort.SessionOptions()
@@ -173,6 +174,8 @@ class OnnxRuntimeBackend(_ExportedBackend):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), sess_options=options,
                                             providers=list(providers))
 

@@ -33,6 +33,16 @@ ENCODERS = ("res101", "res50", "effb0", "camencode", "camencode_replk")
 PARITY = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny shapes gain nothing from a second thread, and on a CPU shared with other work
+    torch's spinning threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def relative_difference(reference: torch.Tensor, other: np.ndarray) -> float:
     reference = reference.detach().numpy()
     return float(np.abs(reference - other).max() / max(np.abs(reference).max(), 1e-12))
@@ -52,7 +62,9 @@ def torch_heads(model, cfg, rig, inputs):
 
 
 def run_onnx(path, inputs):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {"images": inputs[0].numpy()}
     if len(inputs) > 1:
         feeds["radar"] = inputs[1].numpy()
@@ -157,6 +169,16 @@ def test_fp16_export_runs_close_to_fp32(tmp_path):
     assert all(g.dtype == np.float16 for g in got)
     for a, b in zip(torch_heads(model, cfg, rig, inputs), got):
         assert relative_difference(a, b.astype(np.float32)) <= 2e-2
+
+
+def test_uint8_images_input(exported, tmp_path):
+    cfg, model, rig, float_path = exported("effb0")
+    export_onnx(model, cfg, rig, tmp_path / "u8.onnx", uint8_images=True)
+    assert read_metadata(tmp_path / "u8.onnx").uint8_images
+    (images,) = example_inputs(cfg, uint8_images=True, seed=6)
+    got = run_onnx(tmp_path / "u8.onnx", (images,))
+    for a, b in zip(run_onnx(float_path, (images.float() / 255.0,)), got):
+        assert np.abs(a - b).max() <= PARITY * np.abs(a).max()
 
 
 # ----------------------------------------------------------------------------- command line
