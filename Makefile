@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: setup test bench clean
+.PHONY: setup test bench clean demo demo-model
 
 setup: $(ROS_STAMP)
 
@@ -29,6 +29,41 @@ $(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
 
 test: setup
 	SIMPLEBEV_REQUIRE_ROS=1 $(PY) -m pytest -rs tests
+
+# ---------------------------------------------------------------- demo
+# The main job: the shipped CPU model on the held-out synthetic scenes, replayed as a rosbag2
+# into the node started as users start it (params file + checkpoint); prints IoU, latency,
+# throughput; writes out/demo.png, out/demo.gif, out/report.json. World and bag are cached.
+DEMO_MODEL := models/synthetic_cpu
+DEMO_SCENES := scene-0103 scene-0916
+DEMO_WORLD := data/demo_val
+DEMO_BAG := data/demo_val.bag
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_deploy.xml
+
+demo: setup $(DEMO_BAG)
+	$(PY) -m simplebev_ros.evaluate $(DEMO_BAG) --start-node --params-file $(DEMO_MODEL)/config.yaml \
+		--checkpoint $(DEMO_MODEL)/model.pt --out out
+
+$(DEMO_WORLD)/.done: | setup
+	$(PY) -m training.synthetic --out $(DEMO_WORLD) --preset demo --only-scenes $(DEMO_SCENES)
+	@touch $@
+
+$(DEMO_BAG): $(DEMO_WORLD)/.done $(DEMO_MODEL)/config.yaml
+	rm -rf $(DEMO_BAG)
+	$(PY) -m training.nuscenes_to_bag --dataroot $(DEMO_WORLD) --version v1.0-mini \
+		$(addprefix --scene ,$(DEMO_SCENES)) --out $(DEMO_BAG) --params-file $(DEMO_MODEL)/config.yaml
+
+# Reproduces models/synthetic_cpu from scratch: the full demo world, the CPU preset's training
+# run, its evaluation table, and the published weights + config.
+demo-model: setup
+	$(PY) -m training.synthetic --out data/demo_world --preset demo
+	$(PY) -m training.train --preset config/synthetic_cpu.yaml --dataroot data/demo_world \
+		--version v1.0-mini --run-dir runs/synthetic_cpu --no-progress
+	$(PY) -m training.eval --checkpoint runs/synthetic_cpu --dataroot data/demo_world --version v1.0-mini \
+		--out-dir runs/synthetic_cpu
+	$(PY) -m training.publish_model --checkpoint runs/synthetic_cpu --out $(DEMO_MODEL) \
+		--eval-csv runs/synthetic_cpu/eval.csv
 
 bench: setup
 	$(PY) bench/lift.py

@@ -20,11 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="scenes rendered in parallel")
     parser.add_argument("--labels", action="store_true", default=None,
                         help="also write synthetic_labels/ (instance masks, radar point owners)")
+    parser.add_argument("--only-scenes", nargs="+", default=None, metavar="NAME",
+                        help="generate only these scenes (identical to their full-dataset versions)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
         out = generate(args.out, scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed,
-                       version=args.version, preset=args.preset, workers=args.workers, write_labels=args.labels)
+                       version=args.version, preset=args.preset, workers=args.workers, write_labels=args.labels,
+                       only_scenes=tuple(args.only_scenes or ()))
     except ValueError as err:
         parser.error(str(err))
     print(f"wrote {out} ({args.version}) in {time.perf_counter() - started:.1f} s")

@@ -23,6 +23,9 @@ class SynthConfig:
     pedestrians_per_100m: float = 6.0
     write_labels: bool = False  # sidecar instance masks + radar point labels (tests, debugging)
     workers: int = 1  # scenes rendered in parallel processes
+    # Generate only these scenes of the dataset (by name); each comes out exactly as in the
+    # full dataset, since a scene depends only on the seed, its name and its position.
+    only_scenes: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raise ValueError with a clear message for unusable settings."""
@@ -41,6 +44,10 @@ class SynthConfig:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        unknown = sorted(set(self.only_scenes) - set(scene_names(self.version, self.scenes)))
+        if unknown:
+            raise ValueError(f"only_scenes {unknown} are not among this dataset's scenes "
+                             f"{scene_names(self.version, self.scenes)}")
 
 
 PRESETS: dict[str, dict] = {

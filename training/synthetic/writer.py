@@ -286,7 +286,9 @@ def write_dataset(cfg: SynthConfig, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = scene_names(cfg.version, cfg.scenes)
-    jobs = [(cfg, i, name, str(out_dir)) for i, name in enumerate(names)]
+    jobs = [(cfg, i, name, str(out_dir)) for i, name in enumerate(names)
+            if not cfg.only_scenes or name in cfg.only_scenes]
+    names = [job[2] for job in jobs]
     workers = min(cfg.workers, len(jobs), os.cpu_count() or 1)
     if workers > 1:
         # spawn: no inherited thread pools / locks from the parent (fork is unsafe with them).

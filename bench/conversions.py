@@ -1,0 +1,75 @@
+"""Per-message conversion costs of the node's input and output path, 1600x900 nuScenes-size
+JPEGs (the synthetic world's), median of several repeats, one process.
+
+    python -m bench.conversions [--dataroot DIR]   (default: generates the tiny synthetic world)
+
+Prints: decoding the six JPEGs of a frame at the headline input (448x800: 1/2-scale DCT decode)
+and at the CPU preset (112x200: 1/8 scale), with and without the resize to the network size;
+CompressedImage -> bytes; a nuScenes radar PointCloud2 -> points; an OccupancyGrid message.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> int:
+    from simplebev_core.bev_grid import BaseGrid
+    from simplebev_core.image_decode import decode_image
+    from simplebev_core.preprocess import ResizeCrop, resize_crop_image
+    from simplebev_ros import conversions as conv
+    from training import bag_messages as bm
+    from training.radar_io import read_radar_pcd_records
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataroot", default=None)
+    p.add_argument("--repeats", type=int, default=15)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.dataroot is None:
+        from training.synthetic import generate
+
+        args.dataroot = generate(Path(tempfile.mkdtemp()) / "world", preset="tiny", seed=0)
+    root = Path(args.dataroot)
+    jpegs = [sorted((root / "samples" / cam).glob("*.jpg"))[0].read_bytes() for cam in
+             ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")]
+    raw_hw = (900, 1600)
+    print(f"six JPEGs of {raw_hw[1]}x{raw_hw[0]}, {sum(map(len, jpegs)) / 6e3:.0f} kB each on average; "
+          f"torch threads 1; median of {args.repeats}")
+    for name, hw in (("headline 448x800", (448, 800)), ("CPU preset 112x200", (112, 200))):
+        rc = ResizeCrop.plain(hw)
+        decode = median_ms(lambda: [decode_image(j, raw_hw, hw) for j in jpegs], args.repeats)
+        full = median_ms(lambda: [resize_crop_image(decode_image(j, raw_hw, hw), rc) for j in jpegs],
+                         args.repeats)
+        print(f"{name}: decode 6 JPEGs {decode:.1f} ms, decode + resize to the input {full:.1f} ms")
+    msg = bm.compressed_image(jpegs[1], "CAM_FRONT", 0)
+    print(f"CompressedImage -> bytes: {median_ms(lambda: conv.compressed_image_bytes(msg), 200):.3f} ms")
+    pcd = sorted((root / "sweeps" / "RADAR_FRONT").glob("*.pcd"))[0]
+    cloud = bm.point_cloud(read_radar_pcd_records(pcd), "RADAR_FRONT", 0)
+    n = cloud.width
+    print(f"radar PointCloud2 ({n} points, 43 B each) -> points: "
+          f"{median_ms(lambda: conv.radar_points(conv.pointcloud2_to_array(cloud)), 200):.3f} ms")
+    values = np.random.default_rng(0).integers(-1, 101, (200, 200)).astype(np.int8)
+    grid = BaseGrid(0.5, 200, 200, (-48.3, -50.0))
+    print(f"OccupancyGrid 200x200: {median_ms(lambda: conv.occupancy_grid(values, grid, 'base_link', 0), 200):.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
