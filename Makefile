@@ -54,6 +54,10 @@ $(DEMO_BAG): $(DEMO_WORLD)/.done $(DEMO_MODEL)/config.yaml
 	$(PY) -m training.nuscenes_to_bag --dataroot $(DEMO_WORLD) --version v1.0-mini \
 		$(addprefix --scene ,$(DEMO_SCENES)) --out $(DEMO_BAG) --params-file $(DEMO_MODEL)/config.yaml
 
+$(DEMO_MODEL)/config.yaml:
+	@echo "error: no trained demo model in $(DEMO_MODEL)/ (model.pt + config.yaml); 'make demo-model' trains and publishes it" >&2
+	@exit 2
+
 # Reproduces models/synthetic_cpu from scratch: the full demo world, the CPU preset's training
 # run, its evaluation table, and the published weights + config.
 demo-model: setup
