@@ -228,6 +228,7 @@ class TrainConfig:
 
 
 IMAGE_TYPES = ("compressed", "raw")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 MISSING_CAMERA_POLICIES = ("mask", "drop")
 QOS_PROFILES = ("sensor_data", "reliable")
 RADAR_CHANNELS = ("RADAR_BACK_RIGHT", "RADAR_BACK_LEFT", "RADAR_FRONT", "RADAR_FRONT_LEFT",
@@ -244,6 +245,11 @@ class NodeConfig:
     device: str = "auto"
     # CUDA autocast for the model: none | bf16 | fp16.
     amp: str = "none"
+    # Inference runtime: torch | onnxruntime | openvino | tensorrt. The runtimes run an export
+    # for the rig's calibration (simplebev_core.export), so they need input.camera_poses static;
+    # exports are cached in export_cache_dir, keyed by weights and calibration.
+    backend: str = "torch"
+    export_cache_dir: str = "~/.cache/simplebev"
     # Per-camera topics: '{camera}' is replaced by each name in input.cameras (use ROS
     # remapping for topics that do not follow a pattern).
     image_topic_pattern: str = "/{camera}/image_rect_compressed"
@@ -276,7 +282,7 @@ class NodeConfig:
     camera_silence_warn_s: float = 1.0
 
     def validate(self, prefix: str) -> None:
-        for name, allowed in (("amp", AMP_MODES), ("image_type", IMAGE_TYPES),
+        for name, allowed in (("amp", AMP_MODES), ("image_type", IMAGE_TYPES), ("backend", BACKENDS),
                               ("missing_camera_policy", MISSING_CAMERA_POLICIES),
                               ("input_qos", QOS_PROFILES)):
             value = getattr(self, name)
@@ -318,6 +324,9 @@ class SimpleBevConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        _check(self.node.backend == "torch" or self.input.camera_poses == "static", "node.backend",
+               f"'{self.node.backend}' runs an export for a fixed rig: set input.camera_poses to "
+               f"static (it is '{self.input.camera_poses}') or use the torch backend")
 
 
 # --------------------------------------------------------------------------- conversion

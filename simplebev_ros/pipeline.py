@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from simplebev_core.backends import Backend, build_backend
 from simplebev_core.bev_grid import BaseGrid, BevToBase
 from simplebev_core.calibration import RigCalibration, model_inputs
 from simplebev_core.config import PostprocessConfig, SimpleBevConfig
@@ -38,6 +39,7 @@ class RigState:
     table: LiftTable
     mapping: BevToBase
     known: torch.Tensor  # (height, width) bool: the base grid cells some camera sees
+    backend: Backend | None = None  # a runtime backend for this rig (node.backend != torch)
     rebuilt: bool = True
 
 
@@ -93,7 +95,12 @@ class BevPipeline:
         base_T_ref = torch.tensor(calibration.cameras[ref_index].ego_T_cam, dtype=torch.float64)
         mapping = BevToBase(self.voxels, base_T_ref)
         known = mapping.resample(seen_zyx.any(dim=1).cpu().float(), fill=0.0) > 0
-        return RigState(calibration, table, mapping, known)
+        backend = None
+        if self.cfg.node.backend != "torch":
+            # Exported (or read from the cache) for this calibration; a new rig re-exports.
+            backend = build_backend(self.cfg.node.backend, self.predictor.loaded.model, self.cfg,
+                                    calibration, self.cfg.node.export_cache_dir)
+        return RigState(calibration, table, mapping, known, backend)
 
     def run(self, raw: RawFrame, rig: RigState) -> BevResult:
         """Decode, assemble, model, post-process (no message or TF state is touched)."""
@@ -105,7 +112,11 @@ class BevPipeline:
         table = rig.table if self.use_table else None
         if table is not None and not Predictor.table_fits(table, sample):
             table = None  # cannot happen for a static rig; never feed a wrong table
-        out = self.predictor(sample, table)
+        if rig.backend is not None:
+            radar = None if sample.radar is None else sample.radar[None]
+            out = rig.backend(sample.images[None], radar)
+        else:
+            out = self.predictor(sample, table)
         timings["model"], t = _lap(t)
         pp = self.cfg.postprocess
         prob = torch.sigmoid(out.segmentation[0, 0])
