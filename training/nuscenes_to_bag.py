@@ -28,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 from simplebev_core.bev_grid import BevToBase
-from simplebev_core.config import ConfigError, SimpleBevConfig, load_config
+from simplebev_core.config import SimpleBevConfig, load_config
 from simplebev_core.geometry import matrix_to_quat_wxyz, pose_to_matrix
 
 from . import bag_messages as bm
+from .cli import report_user_errors
 from .nuscenes_data import NuScenesBev, open_nuscenes
 from .radar_io import DataFileError, read_radar_pcd_records
 
@@ -253,14 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    try:
+    def run() -> int:
         cfg = load_config(args.params_file)
-        bag = convert(args.dataroot, args.version, args.scene, args.out, args.storage, cfg)
-    except (ConfigError, DataFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {bag}")
-    return 0
+        print(f"wrote {convert(args.dataroot, args.version, args.scene, args.out, args.storage, cfg)}")
+        return 0
+
+    return report_user_errors(run)
 
 
 if __name__ == "__main__":
