@@ -40,7 +40,8 @@ def test_one_hot_feature_pixel_lands_in_its_voxel_column(convention):
     # the brightest voxels lie on the ray through the pixel: all in front, to the right and below centre
     best = xyz_ref[volume.reshape(-1).argmax()]
     assert best[2] > 0 and best[0] > 0 and best[1] > 0
-
+    # Where inside the footprint the map is read, to sub-pixel precision, is
+    # test_features_are_read_where_the_convention_says_to_sub_pixel_precision's job.
 
 
 def ramp_lift(convention: str, phase: float | None, image_hw=(96, 128), feat_hw=(12, 16)):
