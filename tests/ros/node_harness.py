@@ -92,3 +92,27 @@ class Peer:
         self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.try_shutdown()
+
+
+def radar_echo_model(directory: Path, **overrides: Any) -> tuple[Path, Path]:
+    """(checkpoint, params file) of a hand-built occupancy-radar model whose vehicle logit is
+    high exactly where a radar point falls and low elsewhere, so a test can plant an object
+    and know which cells must light up. Wiring: the compressor copies the radar channel into
+    feature 0 (the camera features get zero weight); every decoder weight is zero, so the last
+    skip-add passes the compressor's output through; the segmentation head keeps feature 0
+    (InstanceNorm turns a few hits among many empty cells into a large positive peak)."""
+    cfg = load_config(overrides={**TINY, "model.radar": "occupancy", **overrides})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for module in (model.bev_compressor, model.decoder):
+            for p in module.parameters():
+                p.zero_()
+        radar_channel = cfg.model.latent_dim * cfg.grid.Y  # appended after the camera features
+        model.bev_compressor[0].weight[0, radar_channel, 1, 1] = 1.0
+        head = model.decoder.segmentation_head
+        head[0].weight[0, 0, 1, 1] = 1.0
+        head[3].weight[0, 0, 0, 0] = 2.0
+        head[3].bias[0] = -6.0  # p = 0.25 % where no radar point is
+    checkpoint = save_checkpoint(directory / "model.pt", model, cfg, step=1)
+    return Path(checkpoint), write_params_file(cfg, directory / "params.yaml")

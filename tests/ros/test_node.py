@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ from simplebev_ros.tf_buffer import transform_to_matrix  # noqa: E402
 from training import bag_messages as bm  # noqa: E402
 from training.nuscenes_to_bag import convert  # noqa: E402
 
-from .node_harness import TINY, Peer, node_command, start_node, stop_node, tiny_model  # noqa: E402
+from .node_harness import (TINY, Peer, node_command, radar_echo_model, start_node,  # noqa: E402
+                           stop_node, tiny_model)
 
 S = 1_000_000_000
 
@@ -157,6 +159,107 @@ def test_node_end_to_end_on_a_bag_then_bad_input_then_sigint(tiny_bag, tmp_path)
     assert code == 0, out
     assert "Traceback" not in out, out
     assert "post-processing updated: postprocess.center_threshold=0.9" in out
+
+
+def planted_radar(targets_xy_base: list[tuple[float, float]], stamp_ns: int) -> Recorded:
+    """A plain x,y,z cloud on /RADAR_FRONT in base_link: one point per planted target."""
+    points = np.zeros(len(targets_xy_base), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    points["x"], points["y"] = np.asarray(targets_xy_base, np.float32).T
+    points["z"] = 0.5
+    msg = bm.point_cloud(points, "base_link", stamp_ns)
+    return Recorded(stamp_ns, "/RADAR_FRONT", "sensor_msgs/msg/PointCloud2",
+                    bytes(bm.TYPESTORE.serialize_cdr(msg, "sensor_msgs/msg/PointCloud2")))
+
+
+def lit_cells(grid: OccupancyGrid, threshold: int = 50) -> set[tuple[int, int]]:
+    values = np.asarray(grid.data, np.int8).reshape(grid.info.height, grid.info.width)
+    return {(int(r), int(c)) for r, c in zip(*np.nonzero(values > threshold))}
+
+
+def test_planted_radar_target_lights_its_cells_and_late_tf_is_waited_for(tiny_bag, tmp_path):
+    """A hand-built model (radar_echo_model) lights the cells where radar points fall, so the
+    whole path radar -> base_link -> reference grid -> model -> base_link OccupancyGrid can be
+    checked cell by cell. Frame 1 gets its transforms on time; frame 2's /tf arrives 1 s after
+    its images, within node.input_wait_s, and the node waits for it instead of failing."""
+    checkpoint, params = radar_echo_model(tmp_path, **{"node.input_wait_s": 4.0})
+    cfg = load_config(params)
+    messages = [m for m in read_bag(tiny_bag) if m.topic == "/tf_static" or "/CAM_" in m.topic
+                or m.topic == "/tf"]
+    front = [m.stamp_ns for m in messages if m.topic == "/CAM_FRONT/image_rect_compressed"]
+    static = bm.TYPESTORE.deserialize_cdr(next(m for m in messages if m.topic == "/tf_static").cdr,
+                                          "tf2_msgs/msg/TFMessage")
+    base_T_front = transform_to_matrix(next(t for t in static.transforms
+                                            if t.child_frame_id == "CAM_FRONT").transform)
+    base = BevToBase(VoxelGrid(cfg.grid), base_T_front).base_grid
+    centres = base.cell_centers().reshape(base.height, base.width, 2)
+
+    def cell_centre(row: int, col: int) -> tuple[float, float]:
+        return tuple(centres[row, col].tolist())
+
+    # Ahead-left and ahead-right of the car, both inside CAM_FRONT's view.
+    planted = {front[0]: [(30, 37)], front[1]: [(19, 40), (28, 35)]}
+    first = [m for m in messages if m.stamp_ns <= front[0] + S // 5]
+    second = [m for m in messages if front[0] + S // 5 < m.stamp_ns <= front[1] + S // 5]
+    for stamp, cells in planted.items():
+        (first if stamp == front[0] else second).append(
+            planted_radar([cell_centre(*rc) for rc in cells], stamp))
+    first.sort(key=lambda m: m.stamp_ns)
+    # Frame 2 also holds frame 1's sweep (data.radar_sweeps 3), moved by the car's motion:
+    # base(t2)_T_map @ map_T_base(t1) @ point, from the bag's own /tf.
+    map_T_base = {}
+    for m in messages:
+        if m.topic == "/tf" and m.stamp_ns in front[:2]:
+            tf = bm.TYPESTORE.deserialize_cdr(m.cdr, m.msgtype).transforms[0]
+            map_T_base[m.stamp_ns] = transform_to_matrix(tf.transform)
+    point_t1 = torch.tensor([*cell_centre(*planted[front[0]][0]), 0.5, 1.0], dtype=torch.float64)
+    moved = torch.linalg.inv(map_T_base[front[1]]) @ map_T_base[front[0]] @ point_t1
+    row, col = base.cell_of(moved[None, :2])
+    expected = {front[0]: planted[front[0]],
+                front[1]: planted[front[1]] + [(int(row), int(col))]}
+    late_tf = [m for m in second if m.topic == "/tf"]
+    second = sorted((m for m in second if m.topic != "/tf"), key=lambda m: m.stamp_ns)
+
+    proc = start_node(node_command(params, "-p", f"checkpoint:={checkpoint}"))
+    peer = Peer()
+    try:
+        peer.listen("/bev/occupancy", OccupancyGrid)
+        peer.listen("/diagnostics", DiagnosticArray)
+        assert peer.wait_for_node("simplebev_node"), proc.stdout
+        player = BagPlayer(peer.node, first, rate=0.5)
+        cameras = [f"/{c}/image_rect_compressed" for c in cfg.input.cameras]
+        assert player.wait_for_subscribers(cameras + ["/tf", "/RADAR_FRONT"], 30.0)
+        assert peer.wait_for(lambda: len(peer.received["/diagnostics"]) > 0, 10.0)
+        player.play()
+        assert peer.wait_for(lambda: len(peer.received["/bev/occupancy"]) >= 1, 60.0)
+        BagPlayer(peer.node, second, rate=1.0).play()
+        time.sleep(1.0)
+        BagPlayer(peer.node, late_tf, rate=1.0).play()
+        assert peer.wait_for(lambda: len(peer.received["/bev/occupancy"]) >= 2, 30.0), \
+            [diag_values(d) for d in peer.received["/diagnostics"][-1:]]
+        grids = peer.received["/bev/occupancy"]
+        assert [g.header.stamp.sec * S + g.header.stamp.nanosec for g in grids] == front[:2]
+        for grid, (stamp, cells) in zip(grids, expected.items()):
+            lit = lit_cells(grid)
+            # Each target lights its own cell or a neighbour (the reference grid is turned by
+            # CAM_FRONT's small yaw against base_link), and nothing lights elsewhere.
+            assert len(cells) == len(set(cells))
+            for r, c in cells:
+                assert any(max(abs(r - lr), abs(c - lc)) <= 1 for lr, lc in lit), (stamp, lit)
+            for lr, lc in lit:
+                assert min(max(abs(r - lr), abs(c - lc)) for r, c in cells) <= 1, (stamp, lit)
+        assert all(int(diag_values(d).get("sets_failed", 0)) == 0
+                   for d in peer.received["/diagnostics"])
+    except Exception as e:  # show what the node said next to the failure
+        failure = e
+    else:
+        failure = None
+    finally:
+        peer.close()
+        code, out = stop_node(proc)
+    if failure is not None:
+        raise AssertionError(f"{failure!r}\n--- node output ---\n{out}") from failure
+    assert code == 0, out
+    assert "radar occupancy from" in out  # the radar mode it logged
 
 
 def run_node(cmd: list[str], timeout_s: float = 120.0) -> subprocess.CompletedProcess:
