@@ -4,7 +4,8 @@ from setuptools import find_packages, setup
 setup(
     name="simplebev",
     version="0.1.0",
-    description="Simple-BEV (Harley et al., ICRA 2023) re-implemented: core model, training, ROS 2 node",
+    description="Simple-BEV (Harley et al., ICRA 2023) re-implemented: core model, training, "
+                "ROS 2 node",
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["simplebev_core", "simplebev_core.*", "simplebev_ros",

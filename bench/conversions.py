@@ -48,18 +48,22 @@ def main() -> int:
         args.dataroot = generate(Path(tempfile.mkdtemp()) / "world", preset="tiny", seed=0)
     root = Path(args.dataroot)
     jpegs = [sorted((root / "samples" / cam).glob("*.jpg"))[0].read_bytes() for cam in
-             ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")]
+             ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT",
+              "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")]
     raw_hw = (900, 1600)
-    print(f"six JPEGs of {raw_hw[1]}x{raw_hw[0]}, {sum(map(len, jpegs)) / 6e3:.0f} kB each on average; "
-          f"torch threads 1; median of {args.repeats}")
+    print(f"six JPEGs of {raw_hw[1]}x{raw_hw[0]}, {sum(map(len, jpegs)) / 6e3:.0f} kB each on "
+          f"average; torch threads 1; median of {args.repeats}")
     for name, hw in (("headline 448x800", (448, 800)), ("CPU preset 112x200", (112, 200))):
         rc = ResizeCrop.plain(hw)
         decode = median_ms(lambda: [decode_image(j, raw_hw, hw) for j in jpegs], args.repeats)
-        full = median_ms(lambda: [resize_crop_image(decode_image(j, raw_hw, hw), rc) for j in jpegs],
+        full = median_ms(lambda: [resize_crop_image(decode_image(j, raw_hw, hw), rc)
+                                  for j in jpegs],
                          args.repeats)
-        print(f"{name}: decode 6 JPEGs {decode:.1f} ms, decode + resize to the input {full:.1f} ms")
+        print(f"{name}: decode 6 JPEGs {decode:.1f} ms, "
+              f"decode + resize to the input {full:.1f} ms")
     msg = bm.compressed_image(jpegs[1], "CAM_FRONT", 0)
-    print(f"CompressedImage -> bytes: {median_ms(lambda: conv.compressed_image_bytes(msg), 200):.3f} ms")
+    print("CompressedImage -> bytes: "
+          f"{median_ms(lambda: conv.compressed_image_bytes(msg), 200):.3f} ms")
     pcd = sorted((root / "sweeps" / "RADAR_FRONT").glob("*.pcd"))[0]
     cloud = bm.point_cloud(read_radar_pcd_records(pcd), "RADAR_FRONT", 0)
     n = cloud.width
@@ -67,7 +71,8 @@ def main() -> int:
           f"{median_ms(lambda: conv.radar_points(conv.pointcloud2_to_array(cloud)), 200):.3f} ms")
     values = np.random.default_rng(0).integers(-1, 101, (200, 200)).astype(np.int8)
     grid = BaseGrid(0.5, 200, 200, (-48.3, -50.0))
-    print(f"OccupancyGrid 200x200: {median_ms(lambda: conv.occupancy_grid(values, grid, 'base_link', 0), 200):.3f} ms")
+    grid_ms = median_ms(lambda: conv.occupancy_grid(values, grid, 'base_link', 0), 200)
+    print(f"OccupancyGrid 200x200: {grid_ms:.3f} ms")
     return 0
 
 

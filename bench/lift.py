@@ -69,7 +69,8 @@ def _rig(H: int, W: int):
 
     from simplebev_core.geometry import intrinsics_matrix
 
-    # nuScenes-like ring: six ~70 degree cameras, yawed as the real rig, 1600x900 intrinsics rescaled.
+    # nuScenes-like ring: six ~70 degree cameras, yawed as the real rig, 1600x900 intrinsics
+    # rescaled.
     yaws = (55.0, 0.0, -55.0, 110.0, 180.0, -110.0)
     K = intrinsics_matrix(1266.0 * W / 1600, 1266.0 * H / 900, 816.0 * W / 1600, 491.0 * H / 900)
     mats = []
@@ -77,7 +78,8 @@ def _rig(H: int, W: int):
         a = math.radians(yaw)
         T = torch.eye(4)
         T[0, 0], T[0, 2], T[2, 0], T[2, 2] = math.cos(a), -math.sin(a), math.sin(a), math.cos(a)
-        T[:3, 3] = torch.tensor([0.3 * math.sin(a), 0.0, 0.3 * math.cos(a) - 0.3])  # lenses on a ring
+        # lenses on a ring
+        T[:3, 3] = torch.tensor([0.3 * math.sin(a), 0.0, 0.3 * math.cos(a) - 0.3])
         mats.append(T)
     return K.expand(len(yaws), 4, 4).clone(), torch.stack(mats)
 
@@ -102,25 +104,29 @@ def run_variant(variant: str, device: str, dtype_name: str, repeats: int) -> dic
     if variant.startswith("forward"):
         lift_kind = variant.split("_", 1)[1]
         cfg = load_config(overrides={"model.encoder_pretrained": False,
-                                     "model.lift": "reference" if lift_kind == "reference" else "fused"})
+                                     "model.lift": ("reference" if lift_kind == "reference"
+                                                    else "fused")})
         model = build_model(cfg).to(device).eval()
         images = torch.rand(1, 6, 3, H, W, device=device)
         table = model.make_lift_table(pix, ref, (H, W)) if lift_kind == "table" else None
 
         def step():
-            with torch.no_grad(), torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+            with torch.no_grad(), torch.autocast(device_type=device, dtype=dtype,
+                                                 enabled=dtype != torch.float32):
                 return model(images, pix[None], ref[None], lift_table=table).segmentation
     else:
         grid = VoxelGrid(cfg.grid)
         feats = torch.randn(1, 6, cfg.model.latent_dim, H // 8, W // 8, device=device, dtype=dtype)
-        featpix_T_refs, cam_T_refs = feature_projections(pix[None], ref[None], (H, W), (H // 8, W // 8), "upstream")
+        featpix_T_refs, cam_T_refs = feature_projections(pix[None], ref[None], (H, W),
+                                                         (H // 8, W // 8), "upstream")
         if variant == "table":
             t0 = time.perf_counter()
             table = LiftTable(pix, ref, (H, W), (H // 8, W // 8), grid)
             sync()
             out["build_s"] = time.perf_counter() - t0
             out["table_bytes"] = sum(t.numel() * t.element_size() for t in (
-                table.weights.values(), table.weights.col_indices(), table.weights.crow_indices(), table.count))
+                table.weights.values(), table.weights.col_indices(), table.weights.crow_indices(),
+                table.count))
 
             def step():
                 with torch.no_grad():
@@ -148,8 +154,8 @@ def run_variant(variant: str, device: str, dtype_name: str, repeats: int) -> dic
 
 
 def spawn(variant: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--device", args.device, "--dtype", args.dtype,
-           "--repeats", str(args.repeats)]
+    cmd = [sys.executable, __file__, "--child", variant, "--device", args.device,
+           "--dtype", args.dtype, "--repeats", str(args.repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"variant {variant} failed:\n{proc.stderr}")
@@ -162,7 +168,8 @@ def report(title: str, rows: list[dict], baseline: str) -> None:
     print(f"{'variant':<22}{'median ms':>12}{'peak MiB':>12}{'speed-up':>11}{'memory /':>11}")
     for r in rows:
         print(f"{r['variant']:<22}{r['median_s'] * 1e3:>12.1f}{r['peak_bytes'] / 2**20:>12.1f}"
-              f"{base['median_s'] / r['median_s']:>10.2f}x{base['peak_bytes'] / max(r['peak_bytes'], 1):>10.2f}x")
+              f"{base['median_s'] / r['median_s']:>10.2f}x"
+              f"{base['peak_bytes'] / max(r['peak_bytes'], 1):>10.2f}x")
     for r in rows:
         if "build_s" in r:
             print(f"  table build (once per calibration): {r['build_s'] * 1e3:.0f} ms, "
@@ -170,11 +177,13 @@ def report(title: str, rows: list[dict], baseline: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--full-forward", action="store_true", help="also time res101 448x800 forwards")
+    parser.add_argument("--full-forward", action="store_true",
+                        help="also time res101 448x800 forwards")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -183,15 +192,18 @@ def main() -> None:
 
     import torch
 
-    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, "
+          f"threads {torch.get_num_threads()}")
     print("lift: B=1, S=6, C=128, features 56x100, grid 200x8x200")
-    report("lift (upstream formulation = 1.00x)", [spawn(v, args) for v in ("reference", "fused", "table")], "reference")
+    report("lift (upstream formulation = 1.00x)",
+           [spawn(v, args) for v in ("reference", "fused", "table")], "reference")
     if args.full_forward:
         saved = args.repeats
         args.repeats = max(1, min(saved, 3))  # full forwards are slow on CPU
         rows = [spawn(v, args) for v in ("forward_reference", "forward_fused", "forward_table")]
         args.repeats = saved
-        report("full res101 forward, 6 x 448x800 (upstream lift = 1.00x)", rows, "forward_reference")
+        report("full res101 forward, 6 x 448x800 (upstream lift = 1.00x)", rows,
+               "forward_reference")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""ros2 launch simplebev bev.launch.py [params_file:=...] [checkpoint:=...] [device:=...] [use_sim_time:=...]
+"""ros2 launch simplebev bev.launch.py [params_file:=...] [checkpoint:=...] [device:=...]
+    [use_sim_time:=...]
 
 Starts simplebev_node with a params file (default: the package's config/simplebev.yaml; a
 training run's config.yaml works as is). Remappings on the command line pass through.
@@ -14,12 +15,14 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 
 def generate_launch_description():
-    default_params = os.path.join(get_package_share_directory("simplebev"), "config", "simplebev.yaml")
+    default_params = os.path.join(get_package_share_directory("simplebev"), "config",
+                                  "simplebev.yaml")
     args = [
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="ROS 2 params file (config/simplebev.yaml layout)"),
         DeclareLaunchArgument("checkpoint", default_value="",
-                              description="checkpoint file or run directory (overrides node.checkpoint)"),
+                              description="checkpoint file or run directory "
+                                          "(overrides node.checkpoint)"),
         DeclareLaunchArgument("device", default_value="",
                               description="auto | cpu | cuda | cuda:N (overrides node.device)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",

@@ -3,4 +3,5 @@ from .config import ConfigError, SimpleBevConfig, load_config
 from .lift import LiftTable
 from .model import BevOutput, Segnet, build_model
 
-__all__ = ["BevOutput", "ConfigError", "LiftTable", "Segnet", "SimpleBevConfig", "build_model", "load_config"]
+__all__ = ["BevOutput", "ConfigError", "LiftTable", "Segnet", "SimpleBevConfig", "build_model",
+           "load_config"]

@@ -29,7 +29,8 @@ from .voxel import VoxelGrid
 @dataclass(frozen=True)
 class BaseGrid:
     """An axis-aligned grid in base_link: `width` columns along x, `height` rows along y;
-    cell (row, col) spans x in origin_x + [col, col + 1) * res, y in origin_y + [row, row + 1) * res."""
+    cell (row, col) spans x in origin_x + [col, col + 1) * res, y in origin_y + [row, row + 1)
+    * res."""
 
     resolution_m: float
     width: int
@@ -68,7 +69,8 @@ class BevToBase:
         res = grid.vox_x
         # The ref grid's centre on the ground plane, in base_link.
         (x0, x1), (y0, y1), (z0, z1) = grid.cfg.bounds_m()
-        center_ref = torch.tensor([[(x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2]], dtype=torch.float64)
+        center_ref = torch.tensor([[(x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2]],
+                                  dtype=torch.float64)
         cx, cy = apply_4x4(self.base_T_ref, center_ref)[0, :2].tolist()
         width, height = grid.Z, grid.X  # forward extent along x, lateral along y
         self.base_grid = BaseGrid(res, width, height,
@@ -100,7 +102,8 @@ class BevToBase:
         return torch.where(inside, z * self.grid.X + x, torch.full_like(z, -1))
 
     def resample(self, bev_zx: Tensor, fill: float) -> Tensor:
-        """(Z, X) BEV map -> (height, width) BaseGrid map, `fill` where the BEV grid has no cell."""
+        """(Z, X) BEV map -> (height, width) BaseGrid map, `fill` where the BEV grid has no
+        cell."""
         flat = bev_zx.reshape(-1)
         index = self.source_index.to(flat.device)
         out = flat[index.clamp(min=0)]

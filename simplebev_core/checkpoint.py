@@ -194,7 +194,8 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise CheckpointError(f"checkpoint '{file}' could not be read ({type(e).__name__}: {e}); "
                               "the file is corrupt, truncated, or not a PyTorch checkpoint") from e
     if not isinstance(raw, dict):
-        raise CheckpointError(f"checkpoint '{file}' holds a {type(raw).__name__}, not a checkpoint dict")
+        raise CheckpointError(f"checkpoint '{file}' holds a {type(raw).__name__}, "
+                              "not a checkpoint dict")
     return file, raw
 
 
@@ -222,7 +223,8 @@ def _load_state(model: nn.Module, state: dict[str, Any], file: Path) -> None:
                               f"{detail}") from e
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+def load_checkpoint(path: str | Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None) -> LoadedCheckpoint:
     """Load weights (strictly) and, when given, optimizer and scheduler state.
 
@@ -236,16 +238,19 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         if scheduler is not None and raw.get("scheduler") is not None:
             scheduler.load_state_dict(raw["scheduler"])
         return LoadedCheckpoint(path=file, format=FORMAT_NAME, step=int(raw["step"]),
-                                config=config_from_dict(raw["config"]), optimizer=raw.get("optimizer"),
+                                config=config_from_dict(raw["config"]),
+                                optimizer=raw.get("optimizer"),
                                 scheduler=raw.get("scheduler"), extra=raw.get("extra") or {})
     if "model_state_dict" in raw:
         _load_state(model, raw["model_state_dict"], file)
         if optimizer is not None and raw.get("optimizer_state_dict") is not None:
             optimizer.load_state_dict(raw["optimizer_state_dict"])
-        return LoadedCheckpoint(path=file, format="upstream", step=upstream_checkpoint_step(file) or 0, config=None,
+        return LoadedCheckpoint(path=file, format="upstream",
+                                step=upstream_checkpoint_step(file) or 0, config=None,
                                 optimizer=raw.get("optimizer_state_dict"))
-    raise CheckpointError(f"checkpoint '{file}' is neither a simplebev checkpoint nor an upstream one "
-                          f"(no 'format' or 'model_state_dict' key; keys: {sorted(raw)[:8]})")
+    raise CheckpointError(f"checkpoint '{file}' is neither a simplebev checkpoint nor an "
+                          "upstream one (no 'format' or 'model_state_dict' key; "
+                          f"keys: {sorted(raw)[:8]})")
 
 
 def checkpoint_config(path: str | Path) -> SimpleBevConfig | None:

@@ -25,7 +25,8 @@ def invert_rigid(a_T_b: Tensor) -> Tensor:
     return b_T_a
 
 
-def project_to_pixels(pix_T_cam: Tensor, xyz_cam: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+def project_to_pixels(pix_T_cam: Tensor, xyz_cam: Tensor,
+                      eps: float = 1e-6) -> tuple[Tensor, Tensor]:
     """Pinhole projection. pix_T_cam (..., 4, 4), xyz_cam (..., N, 3) ->
     (xy_pix (..., N, 2), depth (..., N)). Depth is clamped to eps before division, so points
     behind the camera get finite (meaningless) pixels: test `depth > 0` for visibility.
@@ -34,9 +35,11 @@ def project_to_pixels(pix_T_cam: Tensor, xyz_cam: Tensor, eps: float = 1e-6) -> 
     return uvw[..., :2] / uvw[..., 2:3].clamp(min=eps), xyz_cam[..., 2]
 
 
-def intrinsics_matrix(fx: Tensor | float, fy: Tensor | float, cx: Tensor | float, cy: Tensor | float) -> Tensor:
+def intrinsics_matrix(fx: Tensor | float, fy: Tensor | float, cx: Tensor | float,
+                      cy: Tensor | float) -> Tensor:
     """4x4 pix_T_cam from focal lengths and principal point (broadcast over batch dims)."""
-    fx, fy, cx, cy = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float32) for v in (fx, fy, cx, cy)))
+    fx, fy, cx, cy = torch.broadcast_tensors(
+        *(torch.as_tensor(v, dtype=torch.float32) for v in (fx, fy, cx, cy)))
     K = torch.zeros(fx.shape + (4, 4), dtype=fx.dtype)
     K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2] = fx, fy, cx, cy
     K[..., 2, 2] = K[..., 3, 3] = 1.0
@@ -80,10 +83,22 @@ def matrix_to_quat_wxyz(rot: Tensor) -> Tensor:
     m = rot
     trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
     candidates = torch.stack([
-        torch.stack([1 + trace, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2], m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
+        torch.stack([1 + trace,
+                     m[..., 2, 1] - m[..., 1, 2],
+                     m[..., 0, 2] - m[..., 2, 0],
+                     m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2],
+                     1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                     m[..., 0, 1] + m[..., 1, 0],
+                     m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0],
+                     m[..., 0, 1] + m[..., 1, 0],
+                     1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+                     m[..., 1, 2] + m[..., 2, 1]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1],
+                     m[..., 0, 2] + m[..., 2, 0],
+                     m[..., 1, 2] + m[..., 2, 1],
+                     1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
     ], dim=-2)  # (..., 4, 4): row k is 4*q_k*q scaled; pick the row with the largest q_k
     diag = torch.stack([trace, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
     best = diag.argmax(-1, keepdim=True)
@@ -96,7 +111,8 @@ def pose_to_matrix(translation: Tensor, quat_wxyz: Tensor) -> Tensor:
     """(..., 3) translation and (..., 4) quaternion -> a_T_b (..., 4, 4), as nuScenes stores
     calibrated_sensor (ego_T_sensor) and ego_pose (world_T_ego) records."""
     translation = torch.as_tensor(translation)
-    if translation.dtype != torch.float64:  # float64 stays (global nuScenes poses need it), else float32
+    # float64 stays (global nuScenes poses need it), else float32
+    if translation.dtype != torch.float64:
         translation = translation.float()
     quat_wxyz = torch.as_tensor(quat_wxyz, dtype=translation.dtype)
     T = torch.zeros(translation.shape[:-1] + (4, 4), dtype=translation.dtype)

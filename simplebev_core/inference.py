@@ -32,7 +32,8 @@ class ConfigMismatchError(ValueError):
     """The run-time settings disagree with the ones a checkpoint was trained with."""
 
 
-def config_differences(params: SimpleBevConfig, trained: SimpleBevConfig) -> list[tuple[str, object, object]]:
+def config_differences(params: SimpleBevConfig,
+                       trained: SimpleBevConfig) -> list[tuple[str, object, object]]:
     """(key, value in params, value in the checkpoint) for every compared key that differs."""
     a, b = config_to_dict(params), config_to_dict(trained)
     out = []
@@ -57,7 +58,8 @@ class LoadedModel:
         return f"{self.cfg.model.encoder}/{self.cfg.model.radar} ({self.path.name})"
 
 
-def load_inference_model(cfg: SimpleBevConfig, checkpoint: str | Path, device: torch.device) -> LoadedModel:
+def load_inference_model(cfg: SimpleBevConfig, checkpoint: str | Path,
+                         device: torch.device) -> LoadedModel:
     """The model of `checkpoint` (the project's format: its config must agree with `cfg`;
     upstream's files: `cfg` describes them), in eval mode on `device`."""
     if not str(checkpoint):
@@ -74,7 +76,8 @@ def load_inference_model(cfg: SimpleBevConfig, checkpoint: str | Path, device: t
                 f"training run's config.yaml as the params file, or set these keys to the "
                 f"checkpoint's values.")
     # Every weight comes from the checkpoint: never fetch ImageNet weights.
-    model_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_pretrained=False))
+    model_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                   encoder_pretrained=False))
     model = build_model(model_cfg)
     info = load_checkpoint(path, model)
     model.to(device).eval()

@@ -88,8 +88,8 @@ class VoxelSamples:
     valid: Tensor
 
 
-def sample_voxels(xyz_ref: Tensor, featpix_T_refs: Tensor, cam_T_refs: Tensor, feat_hw: tuple[int, int],
-                  pixel_convention: str) -> VoxelSamples:
+def sample_voxels(xyz_ref: Tensor, featpix_T_refs: Tensor, cam_T_refs: Tensor,
+                  feat_hw: tuple[int, int], pixel_convention: str) -> VoxelSamples:
     """xyz_ref (V, 3); featpix_T_refs, cam_T_refs (N, 4, 4) -> VoxelSamples for N cameras."""
     Hf, Wf = feat_hw
     N = featpix_T_refs.shape[0]
@@ -123,7 +123,8 @@ def lift_reference(feats: Tensor, featpix_T_refs: Tensor, cam_T_refs: Tensor, gr
                             cam_T_refs.flatten(0, 1), (Hf, Wf), pixel_convention)
     # A 5-D grid_sample over a dummy depth axis of size 1, as upstream does.
     grid5 = torch.cat([samples.grid_xy, torch.zeros_like(samples.grid_xy[..., :1])], dim=-1)
-    values = F.grid_sample(feats.flatten(0, 1).unsqueeze(2), grid5.reshape(B * S, Z, Y, X, 3).to(feats.dtype),
+    values = F.grid_sample(feats.flatten(0, 1).unsqueeze(2),
+                           grid5.reshape(B * S, Z, Y, X, 3).to(feats.dtype),
                            align_corners=False)  # (B*S, C, Z, Y, X)
     values = values * samples.valid.reshape(B * S, 1, Z, Y, X).to(values.dtype)
     values = values.reshape(B, S, C, Z, Y, X)
@@ -148,17 +149,20 @@ def lift_fused(feats: Tensor, featpix_T_refs: Tensor, cam_T_refs: Tensor, grid: 
     count = feats.new_zeros(B, grid.num_voxels)
     ones = feats.new_ones(1, 1, Hf, Wf)
     for s in range(S):
-        samples = sample_voxels(xyz_ref, featpix_T_refs[:, s], cam_T_refs[:, s], (Hf, Wf), pixel_convention)
+        samples = sample_voxels(xyz_ref, featpix_T_refs[:, s], cam_T_refs[:, s], (Hf, Wf),
+                                pixel_convention)
         for b in range(B):
             seen = samples.valid[b].nonzero()[:, 0]  # (n,) voxels in this camera's view
             grid_xy = samples.grid_xy[b, seen].reshape(1, 1, -1, 2).to(feats.dtype)
-            values = F.grid_sample(feats[b:b + 1, s], grid_xy, align_corners=False)[0, :, 0]  # (C, n)
+            # (C, n)
+            values = F.grid_sample(feats[b:b + 1, s], grid_xy, align_corners=False)[0, :, 0]
             # Footprint test: sampling a map of ones is > 0 iff a real pixel has non-zero weight.
             support = F.grid_sample(ones, grid_xy, align_corners=False)[0, 0, 0] > 0
             # Accumulating in camera order keeps the sum's rounding the same as upstream's.
             total[b].index_add_(1, seen, values)
             count[b].index_add_(0, seen, support.to(count.dtype))
-    return (total / (EPS_MEAN + count[:, None])).reshape(B, C, grid.Z, grid.Y, grid.X).to(out_dtype)
+    mean = total / (EPS_MEAN + count[:, None])
+    return mean.reshape(B, C, grid.Z, grid.Y, grid.X).to(out_dtype)
 
 
 class LiftTable:
@@ -171,10 +175,11 @@ class LiftTable:
     faster than dense @ sparse into the volume layout, at the same peak memory.
     """
 
-    def __init__(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int], feat_hw: tuple[int, int],
-                 grid: VoxelGrid, pixel_convention: str = "upstream",
+    def __init__(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int],
+                 feat_hw: tuple[int, int], grid: VoxelGrid, pixel_convention: str = "upstream",
                  feature_phase_px: float | None = None):
-        if pix_T_cams.dim() != 3 or pix_T_cams.shape[1:] != (4, 4) or ref_T_cams.shape != pix_T_cams.shape:
+        if (pix_T_cams.dim() != 3 or pix_T_cams.shape[1:] != (4, 4)
+                or ref_T_cams.shape != pix_T_cams.shape):
             raise ValueError(f"LiftTable needs pix_T_cams and ref_T_cams of shape (S,4,4), got "
                              f"{tuple(pix_T_cams.shape)} and {tuple(ref_T_cams.shape)}")
         self.pix_T_cams = pix_T_cams.detach().clone()
@@ -192,8 +197,8 @@ class LiftTable:
         featpix_T_refs, cam_T_refs = feature_projections(
             self.pix_T_cams.float(), self.ref_T_cams.float(), self.image_hw, self.feat_hw,
             self.pixel_convention, self.feature_phase_px)
-        samples = sample_voxels(self.grid.voxel_centers_ref(device), featpix_T_refs, cam_T_refs, (Hf, Wf),
-                                self.pixel_convention)
+        samples = sample_voxels(self.grid.voxel_centers_ref(device), featpix_T_refs, cam_T_refs,
+                                (Hf, Wf), self.pixel_convention)
         # grid_sample's unnormalisation for align_corners=False.
         ix = ((samples.grid_xy[..., 0] + 1) * Wf - 1) / 2  # (S, V)
         iy = ((samples.grid_xy[..., 1] + 1) * Hf - 1) / 2
@@ -233,10 +238,12 @@ class LiftTable:
         if pix_T_cams.shape[-3] != self.num_cameras:
             return False
         p, r = self.pix_T_cams.to(pix_T_cams), self.ref_T_cams.to(ref_T_cams)
-        return bool(torch.equal(pix_T_cams, p.expand_as(pix_T_cams)) and torch.equal(ref_T_cams, r.expand_as(ref_T_cams)))
+        return bool(torch.equal(pix_T_cams, p.expand_as(pix_T_cams))
+                    and torch.equal(ref_T_cams, r.expand_as(ref_T_cams)))
 
     def to(self, device: torch.device | str) -> "LiftTable":
-        self.weights, self.count = self._layout(self.weights.to_sparse_coo(), device), self.count.to(device)
+        self.weights, self.count = (self._layout(self.weights.to_sparse_coo(), device),
+                                    self.count.to(device))
         self.pix_T_cams, self.ref_T_cams = self.pix_T_cams.to(device), self.ref_T_cams.to(device)
         return self
 
@@ -244,8 +251,8 @@ class LiftTable:
         """feats (B, S, C, Hf, Wf) -> (B, C, Z, Y, X)."""
         B, S, C, Hf, Wf = feats.shape
         if S != self.num_cameras or (Hf, Wf) != self.feat_hw:
-            raise ValueError(f"LiftTable built for {self.num_cameras} cameras of {self.feat_hw} features, "
-                             f"got feats {tuple(feats.shape)}")
+            raise ValueError(f"LiftTable built for {self.num_cameras} cameras of {self.feat_hw} "
+                             f"features, got feats {tuple(feats.shape)}")
         # Sparse kernels want float32; features may arrive in bf16/fp16 under autocast.
         dense = feats.float().permute(1, 3, 4, 0, 2).reshape(S * Hf * Wf, B * C)
         out = torch.sparse.mm(self.weights, dense).t()  # (B*C, V)

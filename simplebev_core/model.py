@@ -120,10 +120,13 @@ class Segnet(nn.Module):
         self.grid = VoxelGrid(cfg.grid)
         C, Y = cfg.model.latent_dim, cfg.grid.Y
         # Non-persistent: not in the state_dict (upstream kept them outside it too).
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1),
+                             persistent=False)
         self.encoder = build_encoder(cfg.model)
-        radar_channels = {"none": 0, "occupancy": 1, "meta": META_RADAR_CHANNELS * Y}[cfg.model.radar]
+        radar_channels = {"none": 0, "occupancy": 1,
+                          "meta": META_RADAR_CHANNELS * Y}[cfg.model.radar]
         self.bev_compressor = nn.Sequential(
             nn.Conv2d(C * Y + radar_channels, C, kernel_size=3, padding=1, stride=1, bias=False),
             nn.InstanceNorm2d(C),
@@ -136,9 +139,11 @@ class Segnet(nn.Module):
         self.offset_weight = nn.Parameter(torch.tensor(0.0))
 
     # ------------------------------------------------------------------ validation
-    def _validate(self, images: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor, radar: Tensor | None) -> None:
+    def _validate(self, images: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor,
+                  radar: Tensor | None) -> None:
         def fail(name: str, expected: str, t: Tensor) -> None:
-            raise ValueError(f"{name}: expected {expected}, got shape {tuple(t.shape)} dtype {t.dtype}")
+            raise ValueError(f"{name}: expected {expected}, "
+                             f"got shape {tuple(t.shape)} dtype {t.dtype}")
 
         if images.dim() != 5 or images.shape[2] != 3 or not images.is_floating_point():
             fail("images", "float (B,S,3,H,W) in [0,1]", images)
@@ -157,13 +162,16 @@ class Segnet(nn.Module):
                 raise ValueError(f"radar: model.radar is '{mode}' but no radar tensor was given")
             channels = 1 if mode == "occupancy" else META_RADAR_CHANNELS
             if radar.shape != (B, channels, Z, Y, X) or not radar.is_floating_point():
-                fail("radar", f"float ({B},{channels},{Z},{Y},{X}) for model.radar '{mode}'", radar)
-        for name, t in (("images", images), ("pix_T_cams", pix_T_cams), ("ref_T_cams", ref_T_cams), ("radar", radar)):
+                fail("radar", f"float ({B},{channels},{Z},{Y},{X}) for model.radar '{mode}'",
+                     radar)
+        for name, t in (("images", images), ("pix_T_cams", pix_T_cams),
+                        ("ref_T_cams", ref_T_cams), ("radar", radar)):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name}: contains NaN or Inf values")
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor, radar: Tensor | None = None, *,
+    def forward(self, images: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor,
+                radar: Tensor | None = None, *,
                 generator: torch.Generator | None = None, flips: FlipPlan | None = None,
                 lift_table: LiftTable | None = None) -> BevOutput:
         """Predict BEV maps.
@@ -171,7 +179,8 @@ class Segnet(nn.Module):
         images:     (B, S, 3, H, W) RGB in [0, 1]
         pix_T_cams: (B, S, 4, 4) intrinsics in pixels of (H, W)
         ref_T_cams: (B, S, 4, 4) camera optical frame -> reference frame
-        radar:      (B, 16, Z, Y, X) meta-radar, (B, 1, Z, Y, X) occupancy, or None (per model.radar)
+        radar:      (B, 16, Z, Y, X) meta-radar, (B, 1, Z, Y, X) occupancy, or None
+                    (per model.radar)
         generator:  RNG for the random flips (training mode with model.rand_flip only)
         flips:      an explicit FlipPlan instead of drawing one (training mode only)
         lift_table: a LiftTable for this batch's calibration (skips projecting every voxel)
@@ -199,13 +208,14 @@ class Segnet(nn.Module):
                 radar = flip_radar(radar, flips, meta=self.cfg.model.radar == "meta")
         return self.decoder(self.compress(volume, radar), flips)
 
-    def lift(self, feats: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int],
-             lift_table: LiftTable | None = None) -> Tensor:
+    def lift(self, feats: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor,
+             image_hw: tuple[int, int], lift_table: LiftTable | None = None) -> Tensor:
         """feats (B, S, C, Hf, Wf) -> volume (B, C, Z, Y, X) in the reference frame."""
         feat_hw = tuple(feats.shape[-2:])
         if lift_table is not None:
             if not lift_table.matches(pix_T_cams, ref_T_cams, image_hw, feat_hw):
-                raise ValueError("lift_table: built for a different calibration or image size than this batch")
+                raise ValueError("lift_table: built for a different calibration or image size "
+                                 "than this batch")
             return lift_table(feats)
         convention = self.cfg.model.pixel_convention
         phase = encoder_phase_px(self.cfg.model.encoder)
@@ -215,7 +225,8 @@ class Segnet(nn.Module):
         return lift(feats, featpix_T_refs, cam_T_refs, self.grid, convention)
 
     def compress(self, volume: Tensor, radar: Tensor | None) -> Tensor:
-        """Fold height into channels (channel = c * Y + y), append radar, 3x3 conv -> (B, C, Z, X)."""
+        """Fold height into channels (channel = c * Y + y), append radar, 3x3 conv
+        -> (B, C, Z, X)."""
         B, C, Z, Y, X = volume.shape
         bev = volume.permute(0, 1, 3, 2, 4).reshape(B, C * Y, Z, X)
         if radar is not None and self.cfg.model.radar == "occupancy":
@@ -224,7 +235,8 @@ class Segnet(nn.Module):
             bev = torch.cat([bev, radar.permute(0, 1, 3, 2, 4).reshape(B, -1, Z, X)], dim=1)
         return self.bev_compressor(bev)
 
-    def make_lift_table(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int]) -> LiftTable:
+    def make_lift_table(self, pix_T_cams: Tensor, ref_T_cams: Tensor,
+                        image_hw: tuple[int, int]) -> LiftTable:
         """A LiftTable for one rig: pix_T_cams, ref_T_cams (S, 4, 4) at image size image_hw."""
         return LiftTable(pix_T_cams, ref_T_cams, image_hw, feature_size(image_hw), self.grid,
                          self.cfg.model.pixel_convention,

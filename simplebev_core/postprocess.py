@@ -47,7 +47,8 @@ def occupancy(seg_logits: Tensor, threshold: float = 0.5) -> Tensor:
 
 def find_centers(center: Tensor, cfg: PostprocessConfig) -> tuple[Tensor, Tensor]:
     """(Z, X) heatmap -> (N, 2) long (row, col) peaks and (N,) scores, best first."""
-    pooled = F.max_pool2d(center[None, None], cfg.nms_kernel, stride=1, padding=cfg.nms_kernel // 2)[0, 0]
+    pooled = F.max_pool2d(center[None, None], cfg.nms_kernel, stride=1,
+                          padding=cfg.nms_kernel // 2)[0, 0]
     peaks = (center == pooled) & (center > cfg.center_threshold)
     rows, cols = peaks.nonzero(as_tuple=True)
     scores = center[rows, cols]
@@ -55,11 +56,13 @@ def find_centers(center: Tensor, cfg: PostprocessConfig) -> tuple[Tensor, Tensor
     return torch.stack([rows[order], cols[order]], dim=-1), scores[order]
 
 
-def extract_instances(seg_logits: Tensor, center: Tensor, offset: Tensor, cfg: PostprocessConfig) -> Instances:
+def extract_instances(seg_logits: Tensor, center: Tensor, offset: Tensor,
+                      cfg: PostprocessConfig) -> Instances:
     """One sample: seg_logits (1, Z, X), center (1, Z, X), offset (2, Z, X) -> Instances."""
     if seg_logits.dim() != 3 or seg_logits.shape[0] != 1 or center.shape != seg_logits.shape \
             or offset.shape != (2,) + seg_logits.shape[1:]:
-        raise ValueError(f"expected seg_logits (1,Z,X), center (1,Z,X), offset (2,Z,X); got {tuple(seg_logits.shape)}, "
+        raise ValueError("expected seg_logits (1,Z,X), center (1,Z,X), offset (2,Z,X); "
+                         f"got {tuple(seg_logits.shape)}, "
                          f"{tuple(center.shape)}, {tuple(offset.shape)}")
     seg_logits, center, offset = seg_logits.detach(), center.detach(), offset.detach()
     Z, X = seg_logits.shape[-2:]
@@ -72,7 +75,8 @@ def extract_instances(seg_logits: Tensor, center: Tensor, offset: Tensor, cfg: P
 
     rows, cols = occupied.nonzero(as_tuple=True)
     voted = torch.stack([rows - cfg.offset_scale * offset[1, rows, cols],
-                         cols - cfg.offset_scale * offset[0, rows, cols]], dim=-1)  # (P, 2) (row, col)
+                         cols - cfg.offset_scale * offset[0, rows, cols]],
+                        dim=-1)  # (P, 2) (row, col)
     owner = torch.cdist(voted, peaks.to(voted.dtype)).argmin(dim=1)  # (P,)
     num_cells = torch.bincount(owner, minlength=len(peaks))
     keep = num_cells >= cfg.min_pixels
@@ -83,6 +87,7 @@ def extract_instances(seg_logits: Tensor, center: Tensor, offset: Tensor, cfg: P
     return Instances(peaks[keep].to(seg_logits.dtype), scores[keep], num_cells[keep], ids)
 
 
-def extract_batch(seg_logits: Tensor, center: Tensor, offset: Tensor, cfg: PostprocessConfig) -> list[Instances]:
+def extract_batch(seg_logits: Tensor, center: Tensor, offset: Tensor,
+                  cfg: PostprocessConfig) -> list[Instances]:
     """Batched: (B, 1, Z, X), (B, 1, Z, X), (B, 2, Z, X) -> one Instances per sample."""
     return [extract_instances(s, c, o, cfg) for s, c, o in zip(seg_logits, center, offset)]

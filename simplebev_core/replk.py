@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> nn.Sequential:
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int,
+            groups: int = 1) -> nn.Sequential:
     """Conv (no bias: the BN's shift replaces it) + BatchNorm, 'same' padding for odd kernels."""
     return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False),
+        conv=nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                       groups=groups, bias=False),
         bn=nn.BatchNorm2d(out_channels),
     ))
 
@@ -49,12 +51,15 @@ class ReparamLargeKernelConv(nn.Module):
     def __init__(self, channels: int, kernel_size: int, small_kernel: int):
         super().__init__()
         if kernel_size % 2 == 0 or small_kernel % 2 == 0 or small_kernel > kernel_size:
-            raise ValueError(f"need odd kernels with small <= large, got {kernel_size} and {small_kernel}")
+            raise ValueError("need odd kernels with small <= large, "
+                             f"got {kernel_size} and {small_kernel}")
         self.channels = channels
         self.kernel_size = kernel_size
         self.small_kernel = small_kernel
-        self.large: nn.Sequential | None = conv_bn(channels, channels, kernel_size, groups=channels)
-        self.small: nn.Sequential | None = conv_bn(channels, channels, small_kernel, groups=channels)
+        self.large: nn.Sequential | None = conv_bn(channels, channels, kernel_size,
+                                                   groups=channels)
+        self.small: nn.Sequential | None = conv_bn(channels, channels, small_kernel,
+                                                   groups=channels)
         self.fused: nn.Conv2d | None = None
 
     @property
@@ -89,8 +94,9 @@ class ReparamLargeKernelConv(nn.Module):
         # k x k kernel that is zero elsewhere.
         pad = (self.kernel_size - self.small_kernel) // 2
         weight = weight + F.pad(small_weight, (pad, pad, pad, pad))
-        fused = nn.Conv2d(self.channels, self.channels, self.kernel_size, padding=self.kernel_size // 2,
-                          groups=self.channels, bias=True).to(device=weight.device, dtype=weight.dtype)
+        fused = nn.Conv2d(self.channels, self.channels, self.kernel_size,
+                          padding=self.kernel_size // 2, groups=self.channels,
+                          bias=True).to(device=weight.device, dtype=weight.dtype)
         fused.weight.copy_(weight)
         fused.bias.copy_(bias + small_bias)
         self.fused = fused

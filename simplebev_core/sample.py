@@ -33,7 +33,8 @@ class Targets:
     offset: Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Targets":
-        return Targets(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return Targets(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                          for f in fields(self)})
 
 
 @dataclass
@@ -93,7 +94,8 @@ class Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return replace(self, images=move(self.images), pix_T_cams=move(self.pix_T_cams),
                        ref_T_cams=move(self.ref_T_cams), radar=move(self.radar),
-                       targets=None if self.targets is None else self.targets.to(device, non_blocking))
+                       targets=(None if self.targets is None
+                                else self.targets.to(device, non_blocking)))
 
     def pin_memory(self) -> "Batch":
         """Called by DataLoader(pin_memory=True) on custom batch types."""
@@ -111,8 +113,10 @@ def collate(samples: Sequence[Sample]) -> Batch:
         raise ValueError("collate: no samples")
     first = samples[0]
     for s in samples[1:]:
-        if (s.radar is None) != (first.radar is None) or (s.targets is None) != (first.targets is None):
-            raise ValueError(f"collate: sample '{s.token}' differs from '{first.token}' in having radar/targets")
+        if ((s.radar is None) != (first.radar is None)
+                or (s.targets is None) != (first.targets is None)):
+            raise ValueError(f"collate: sample '{s.token}' differs from '{first.token}' "
+                             "in having radar/targets")
     stack = lambda name: torch.stack([getattr(s, name) for s in samples])  # noqa: E731
     targets = None
     if first.targets is not None:
@@ -131,7 +135,8 @@ def _check_frame(x: Sample | Batch, batched: bool, grid_zyx: Sequence[int] | Non
     where = type(x).__name__
 
     def fail(name: str, expected: str, t: Tensor) -> None:
-        raise ValueError(f"{where}.{name}: expected {expected}, got shape {tuple(t.shape)} dtype {t.dtype}")
+        raise ValueError(f"{where}.{name}: expected {expected}, "
+                         f"got shape {tuple(t.shape)} dtype {t.dtype}")
 
     b = "B, " if batched else ""
     imgs = x.images
@@ -150,8 +155,9 @@ def _check_frame(x: Sample | Batch, batched: bool, grid_zyx: Sequence[int] | Non
     zyx = tuple(grid_zyx) if grid_zyx is not None else None
     if x.radar is not None:
         r = x.radar
-        if r.dim() != 4 + lead or r.shape[lead] not in (1, META_RADAR_CHANNELS) or not r.is_floating_point() \
-                or (zyx is not None and tuple(r.shape[lead + 1:]) != zyx):
+        if (r.dim() != 4 + lead or r.shape[lead] not in (1, META_RADAR_CHANNELS)
+                or not r.is_floating_point()
+                or (zyx is not None and tuple(r.shape[lead + 1:]) != zyx)):
             fail("radar", f"float ({b}16 or 1, Z, Y, X) with Z, Y, X = {zyx or 'grid'}", r)
     if x.targets is not None:
         zx = None if zyx is None else (zyx[0], zyx[2])
@@ -163,4 +169,5 @@ def _check_frame(x: Sample | Batch, batched: bool, grid_zyx: Sequence[int] | Non
             if ok and batched:
                 ok = t.shape[0] == imgs.shape[0]
             if not ok:
-                fail(f"targets.{name}", f"float ({b}{channels}, Z, X) with Z, X = {zx or 'grid'}", t)
+                fail(f"targets.{name}",
+                     f"float ({b}{channels}, Z, X) with Z, X = {zx or 'grid'}", t)

@@ -64,7 +64,8 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8; any row padding in `step`) ->
     (H, W, 3) uint8 RGB. 8-bit encodings have no byte order, so `is_bigendian` does not apply."""
     if msg.encoding not in _RAW_ENCODINGS:
-        raise EncodingError(f"Image encoding '{msg.encoding}' is not one of {sorted(_RAW_ENCODINGS)}")
+        raise EncodingError(f"Image encoding '{msg.encoding}' is not one of "
+                            f"{sorted(_RAW_ENCODINGS)}")
     channels, rgb = _RAW_ENCODINGS[msg.encoding]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
@@ -73,7 +74,8 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         raise TruncatedDataError(f"Image step {step} is less than width {w} x {channels} channels")
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size < step * h:
-        raise TruncatedDataError(f"Image data has {data.size} bytes, {step} x {h} = {step * h} expected")
+        raise TruncatedDataError(f"Image data has {data.size} bytes, "
+                                 f"{step} x {h} = {step * h} expected")
     rows = data[:step * h].reshape(h, step)[:, :w * channels].reshape(h, w, channels)
     return np.ascontiguousarray(rows[:, :, list(rgb)])
 
@@ -134,9 +136,11 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
         dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
                           "itemsize": point_step})
     except ValueError as e:
-        raise EncodingError(f"PointCloud2 fields do not fit point_step {point_step}: {e}") from None
+        raise EncodingError(f"PointCloud2 fields do not fit point_step {point_step}: "
+                            f"{e}") from None
     data = bytes(msg.data)
-    if msg.height > 1 and msg.row_step * msg.height <= len(data) and msg.row_step != msg.width * point_step:
+    if (msg.height > 1 and msg.row_step * msg.height <= len(data)
+            and msg.row_step != msg.width * point_step):
         rows = np.frombuffer(data, np.uint8)[:msg.row_step * msg.height].reshape(msg.height, -1)
         data = rows[:, :msg.width * point_step].tobytes()
     if len(data) < n * point_step:

@@ -73,7 +73,8 @@ class NodeStats:
         if self.latency_s:
             ordered = sorted(self.latency_s)
             values["latency_end_to_end_ms_p50"] = f"{1e3 * statistics.median(ordered):.1f}"
-            values["latency_end_to_end_ms_p95"] = f"{1e3 * ordered[int(0.95 * (len(ordered) - 1))]:.1f}"
+            p95 = ordered[int(0.95 * (len(ordered) - 1))]
+            values["latency_end_to_end_ms_p95"] = f"{1e3 * p95:.1f}"
         values["camera_spread_ms"] = f"{1e3 * self.last_set_spread_s:.1f}"
         if self.last_output_wall_ns is not None:
             values["sync_age_s"] = f"{(now_wall_ns - self.last_output_wall_ns) * 1e-9:.2f}"
@@ -84,7 +85,8 @@ class NodeStats:
         if len(silent) == len(self.cameras):
             return WARN, f"no camera images for {warn_s:.1f} s"
         if self.failures_in_a_row >= 3:
-            return ERROR, f"the last {self.failures_in_a_row} camera sets failed: {self.last_error}"
+            return ERROR, (f"the last {self.failures_in_a_row} camera sets failed: "
+                           f"{self.last_error}")
         if silent:
             return WARN, f"camera(s) silent for over {warn_s:.1f} s: {', '.join(silent)}"
         if self.counts["processed"] == 0:

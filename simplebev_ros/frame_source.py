@@ -88,7 +88,8 @@ class FrameSource:
         frame_id = (msg.header.frame_id if msg is not None else "") or intrinsics.frame_id
         base_T_cam = self.tf.lookup(self.cfg.node.base_frame, frame_id, stamp_ns or 0)
         ego_T_cam = base_T_cam
-        if msg is not None and ego_T_world is not None and self.cfg.input.camera_poses == "capture_time":
+        if (msg is not None and ego_T_world is not None
+                and self.cfg.input.camera_poses == "capture_time"):
             ego_T_cam = moving_sensor_pose(ego_T_world, self._world_T_base(stamp_ns), base_T_cam)
         origin = f"{name} image ({self.cfg.node.camera_image_topic(name)})"
         return CameraInput(image=self._image(msg, intrinsics, origin), raw_hw=intrinsics.raw_hw,
@@ -102,7 +103,8 @@ class FrameSource:
             return compressed_image_bytes(msg)
         rgb = image_to_rgb(msg)
         if rgb.shape[:2] != intrinsics.raw_hw:
-            raise SizeChangedError(f"{origin}: {rgb.shape[1]}x{rgb.shape[0]} image, CameraInfo says "
+            raise SizeChangedError(f"{origin}: {rgb.shape[1]}x{rgb.shape[0]} image, "
+                                   "CameraInfo says "
                                    f"{intrinsics.raw_hw[1]}x{intrinsics.raw_hw[0]}")
         return image_from_rgb(rgb)
 
@@ -116,7 +118,8 @@ class FrameSource:
                 if ego_T_world is not None:
                     ego_T_radar = moving_sensor_pose(ego_T_world, self._world_T_base(sweep_ns),
                                                      base_T_radar)
-                sweeps.append(RadarSweep(points, ego_T_radar.numpy(), sweep_lag_s(stamp_ns, sweep_ns)))
+                sweeps.append(RadarSweep(points, ego_T_radar.numpy(),
+                                         sweep_lag_s(stamp_ns, sweep_ns)))
         return sweeps
 
     def build(self, synced: SyncedSet) -> RawFrame:
@@ -133,7 +136,8 @@ class FrameSource:
 
     def rig_calibration(self) -> RigCalibration:
         """The rig as CameraInfo and the static transforms describe it (base_T_cam per camera):
-        keys the node's per-rig caches, and can be saved for export (simplebev_core.calibration)."""
+        keys the node's per-rig caches, and can be saved for export
+        (simplebev_core.calibration)."""
         missing = [n for n, i in zip(self.names, self.intrinsics) if i is None]
         if missing:
             raise MissingInputError(f"no CameraInfo received yet for {missing}")

@@ -48,9 +48,9 @@ def declare(node: Any, defaults: SimpleBevConfig) -> list[str]:
         try:
             node.declare_parameter(key, value, _descriptor(key, descriptions.get(key, "")))
         except InvalidParameterTypeException as e:
+            hint = " (write floats with a decimal point)" if isinstance(value, float) else ""
             raise ConfigError(f"config key '{key}': the params file gives a value of the wrong "
-                              f"type ({e}); expected {type(value).__name__}"
-                              f"{' (write floats with a decimal point)' if isinstance(value, float) else ''}") from None
+                              f"type ({e}); expected {type(value).__name__}{hint}") from None
     for alias, target in ALIASES.items():
         node.declare_parameter(alias, "", ParameterDescriptor(
             description=f"overrides {target} when not empty", read_only=True))
@@ -96,7 +96,8 @@ def postprocess_update(current: PostprocessConfig, params: list[Any]) -> Postpro
         if hints[name] is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, hints[name]) or isinstance(value, bool) != (hints[name] is bool):
-            raise ConfigError(f"config key '{p.name}': expected {hints[name].__name__}, got {value!r}")
+            raise ConfigError(f"config key '{p.name}': expected {hints[name].__name__}, "
+                              f"got {value!r}")
         changes[name] = value
     updated = dataclasses.replace(current, **changes)
     updated.validate("postprocess")

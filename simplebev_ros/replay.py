@@ -80,8 +80,10 @@ class BagPlayer:
                 continue
             latched = m.topic in LATCHED_TOPICS
             qos = QoSProfile(depth=1 if latched else 100, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
-            self.publishers[m.topic] = node.create_publisher(message_class(m.msgtype), m.topic, qos)
+                             durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                                         else DurabilityPolicy.VOLATILE))
+            self.publishers[m.topic] = node.create_publisher(message_class(m.msgtype), m.topic,
+                                                             qos)
         self.has_clock = any(m.topic == "/clock" for m in self.messages)
         if not self.has_clock:
             from rosgraph_msgs.msg import Clock
@@ -92,7 +94,8 @@ class BagPlayer:
         """Discovery across processes takes up to seconds: wait until each topic has one."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            if all(self.publishers[t].get_subscription_count() > 0 for t in topics if t in self.publishers):
+            if all(self.publishers[t].get_subscription_count() > 0
+                   for t in topics if t in self.publishers):
                 return True
             time.sleep(0.05)
         return False
@@ -143,7 +146,8 @@ def iterate_loops(loop: bool) -> Iterator[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simplebev_ros.replay", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m simplebev_ros.replay",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("bag")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--loop", action="store_true", help="play again from the start, forever")

@@ -144,7 +144,8 @@ class CameraSync:
         self.counts["partial" if missing else "complete"] += 1
         for i in missing:
             self.masked_per_camera[self.names[i]] += 1
-        return SyncedSet(stamp, [c.msg if c is not None else None for c in chosen], stamps, missing)
+        return SyncedSet(stamp, [c.msg if c is not None else None for c in chosen], stamps,
+                         missing)
 
     def _consume(self, chosen: list[_Queued | None]) -> None:
         """Remove the chosen messages and everything older in every queue."""

@@ -161,7 +161,8 @@ class TfBuffer:
                 f"{stamps[0] * 1e-9:.6f} to {stamps[-1] * 1e-9:.6f} s)")
         a = (stamp_ns - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
         translation = (1 - a) * edge.translations[i - 1] + a * edge.translations[i]
-        return pose_to_matrix(translation, _slerp_wxyz(edge.quats_wxyz[i - 1], edge.quats_wxyz[i], a))
+        return pose_to_matrix(translation,
+                              _slerp_wxyz(edge.quats_wxyz[i - 1], edge.quats_wxyz[i], a))
 
     def _chain(self, frame: str) -> list[str]:
         """frame, its parent, ..., its root."""
