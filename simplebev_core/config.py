@@ -24,6 +24,8 @@ RADAR_MODES = ("none", "occupancy", "meta")
 PIXEL_CONVENTIONS = ("upstream", "exact")
 LIFTS = ("fused", "reference")
 CAMERA_POSES = ("capture_time", "static")
+# data.compat: the project's fixed preprocessing, or upstream's (for released checkpoints).
+DATA_COMPAT_MODES = ("project", "upstream")
 NUSCENES_CAMERAS = (
     "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT",
 )
@@ -155,8 +157,12 @@ AMP_MODES = ("none", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How training/evaluation samples are built from a dataset (training/ only; the node ignores it)."""
+    """How training/evaluation samples are built from a dataset (training/; the node reads
+    radar_sweeps and compat)."""
 
+    # Preprocessing convention: project | upstream (reproduces upstream's data pipeline for
+    # released checkpoints; docs/training.md "Upstream-compatible data mode").
+    compat: str = "project"
     # Radar sweeps per radar (5 radars), motion-compensated into the keyframe ego pose.
     radar_sweeps: int = 3
     # Train-time random resize-crop: resize by s ~ U(lo, hi) relative to the input size, then crop.
@@ -172,6 +178,8 @@ class DataConfig:
     num_workers: int = 4
 
     def validate(self, prefix: str) -> None:
+        _check(self.compat in DATA_COMPAT_MODES, f"{prefix}.compat",
+               f"'{self.compat}' is not one of {list(DATA_COMPAT_MODES)}")
         _check(self.radar_sweeps >= 1, f"{prefix}.radar_sweeps", "must be >= 1")
         lo_hi = self.resize_range
         _check(len(lo_hi) == 2 and 0.0 < lo_hi[0] <= lo_hi[1], f"{prefix}.resize_range",
@@ -327,6 +335,18 @@ class SimpleBevConfig:
         _check(self.node.backend == "torch" or self.input.camera_poses == "static", "node.backend",
                f"'{self.node.backend}' runs an export for a fixed rig: set input.camera_poses to "
                f"static (it is '{self.input.camera_poses}') or use the torch backend")
+        if self.data.compat == "upstream":
+            _check_upstream_compat(self)
+
+
+def _check_upstream_compat(cfg: SimpleBevConfig) -> None:
+    """data.compat upstream reproduces upstream's preprocessing as a whole; the two keys that
+    already describe part of it must agree rather than be overridden silently."""
+    for key, value, needed in (("input.camera_poses", cfg.input.camera_poses, "static"),
+                               ("model.pixel_convention", cfg.model.pixel_convention, "upstream")):
+        _check(value == needed, key,
+               f"data.compat 'upstream' needs {key} '{needed}' (upstream's convention), got "
+               f"'{value}': set {key}={needed} or data.compat=project")
 
 
 # --------------------------------------------------------------------------- conversion

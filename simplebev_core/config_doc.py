@@ -14,7 +14,8 @@ SECTIONS = {
     "input": "Cameras, reference camera, network input size, camera poses.",
     "model": "The network (encoder, radar input, pixel convention, lift).",
     "postprocess": "Occupancy threshold and instance extraction; the node changes these at run time.",
-    "data": "How training and evaluation build samples (training only; the node uses data.radar_sweeps).",
+    "data": ("How training and evaluation build samples (training only; the node uses "
+             "data.compat and data.radar_sweeps)."),
     "train": "The optimisation recipe (training only).",
     "node": "The ROS node (topics, frames, synchronisation, QoS, device); training ignores it.",
 }

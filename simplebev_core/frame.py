@@ -16,6 +16,12 @@ slightly different times (nuScenes: spread over ~0.05 s, up to ~0.7 m of travel 
   upstream trained its released checkpoints. Constant extrinsics: the node caches the lift's
   lookup table (`LiftTable`) for the rig and reuses it every frame.
 Sources build `ego_T_cam` according to this key; `assemble` uses what it is given.
+
+`data.compat` (docs/training.md, "Upstream-compatible data mode"): under 'upstream' `assemble`
+decodes every image at full size and resizes it with PIL's bicubic filter, feeds radar
+velocities in each radar's own frame, drops radar points within upstream's 2.2 m square around
+their sensor, and voxelises radar with upstream's last-write rule; the config then requires
+input.camera_poses 'static'. Both data sources get this from the config alone.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from .config import CAMERA_POSES, SimpleBevConfig  # noqa: F401 (re-exported)
 from .geometry import invert_rigid
 from .image_decode import decode_image, reduced_factor
 from .preprocess import ResizeCrop, ref_T_cams_from_ego, resize_crop_image, resize_crop_intrinsics
-from .radar import RadarPoints, radar_volume
+from .radar import RadarPoints, radar_input
 from .sample import Sample
 from .voxel import VoxelGrid
 
@@ -74,11 +80,14 @@ class RawFrame:
 
 @dataclass(frozen=True)
 class AssemblyPlan:
-    """Per-frame choices: reference camera slot, per-camera resize-crop, cameras blanked."""
+    """Per-frame choices: reference camera slot, per-camera resize-crop, cameras blanked, and
+    whether JPEGs may be decoded DCT-reduced (`decode_frame` has no config; False for
+    data.compat 'upstream', which decodes at full size as PIL did)."""
 
     ref_index: int
     resize_crops: tuple[ResizeCrop, ...]
     dropped: tuple[bool, ...] = field(default=())
+    reduced_decode: bool = True
 
     @staticmethod
     def plain(cfg: SimpleBevConfig) -> "AssemblyPlan":
@@ -86,7 +95,18 @@ class AssemblyPlan:
         cams = cfg.input.cameras
         final_hw = (cfg.input.image_height, cfg.input.image_width)
         return AssemblyPlan(cams.index(cfg.input.ref_camera),
-                            (ResizeCrop.plain(final_hw),) * len(cams), (False,) * len(cams))
+                            (ResizeCrop.plain(final_hw),) * len(cams), (False,) * len(cams),
+                            reduced_decode=reduced_decode(cfg))
+
+
+def reduced_decode(cfg: SimpleBevConfig) -> bool:
+    """Whether images may be decoded DCT-reduced under the config's data.compat."""
+    return cfg.data.compat == "project"
+
+
+def image_resampling(cfg: SimpleBevConfig) -> str:
+    """The resize filter (preprocess.RESAMPLING) under the config's data.compat."""
+    return "pil_bicubic" if cfg.data.compat == "upstream" else "antialiased_bilinear"
 
 
 def moving_sensor_pose(ego_T_world: Tensor, world_T_egosensor: Tensor, egosensor_T_sensor: Tensor
@@ -97,29 +117,42 @@ def moving_sensor_pose(ego_T_world: Tensor, world_T_egosensor: Tensor, egosensor
     return ego_T_world @ world_T_egosensor @ egosensor_T_sensor
 
 
-def camera_image(cam: CameraInput, rc: ResizeCrop) -> Tensor:
-    """One camera's (3, H, W) float32 network input in [0, 1] under a resize-crop."""
+def _decode_target_hw(cam: CameraInput, rc: ResizeCrop, reduced: bool) -> tuple[int, int]:
+    """The size `decode_image` may reduce to: the resize target, or the raw size (no DCT
+    reduction) when `reduced` is False."""
+    return tuple(rc.resized_hw) if reduced else tuple(cam.raw_hw)
+
+
+def camera_image(cam: CameraInput, rc: ResizeCrop, reduced: bool = True,
+                 resample: str = "antialiased_bilinear") -> Tensor:
+    """One camera's (3, H, W) float32 network input in [0, 1] under a resize-crop.
+    reduced: JPEGs may be decoded DCT-reduced; resample: preprocess.RESAMPLING."""
     if cam.image is None:
         return torch.zeros((3,) + tuple(rc.final_hw), dtype=torch.float32)
+    target_hw = _decode_target_hw(cam, rc, reduced)
     if isinstance(cam.image, Tensor):
         raw = cam.image
-        f = reduced_factor(cam.raw_hw, rc.resized_hw)
+        f = reduced_factor(cam.raw_hw, target_hw)
         allowed = {(3,) + tuple(cam.raw_hw), (3, cam.raw_hw[0] // f, cam.raw_hw[1] // f)}
         if tuple(raw.shape) not in allowed:
             raise ValueError(f"{cam.origin}: image of shape {tuple(raw.shape)} for raw size "
-                             f"{cam.raw_hw} (image size changed, or CameraInfo does not match)")
+                             f"{cam.raw_hw} (image size changed, CameraInfo does not match, or "
+                             f"decoded for another data.compat)")
     else:
-        raw = decode_image(cam.image, cam.raw_hw, rc.resized_hw, cam.origin)
-    return resize_crop_image(raw, rc)
+        raw = decode_image(cam.image, cam.raw_hw, target_hw, cam.origin)
+    return resize_crop_image(raw, rc, resample)
 
 
 def decode_frame(frame: RawFrame, plan: AssemblyPlan) -> RawFrame:
     """The frame with every encoded image decoded as `assemble` would decode it (DCT-scaled
     to the plan's resize), so a caller can time decoding on its own; `assemble` of the result
     equals `assemble` of the input."""
-    cameras = [dataclasses.replace(cam, image=decode_image(cam.image, cam.raw_hw,
-                                                           plan.resize_crops[s].resized_hw, cam.origin))
-               if isinstance(cam.image, (bytes, bytearray, memoryview)) else cam
+    def decoded(s: int, cam: CameraInput) -> CameraInput:
+        target_hw = _decode_target_hw(cam, plan.resize_crops[s], plan.reduced_decode)
+        return dataclasses.replace(cam, image=decode_image(cam.image, cam.raw_hw, target_hw,
+                                                           cam.origin))
+
+    cameras = [decoded(s, cam) if isinstance(cam.image, (bytes, bytearray, memoryview)) else cam
                for s, cam in enumerate(frame.cameras)]
     return dataclasses.replace(frame, cameras=cameras)
 
@@ -133,10 +166,11 @@ def assemble(frame: RawFrame, cfg: SimpleBevConfig, plan: AssemblyPlan | None = 
                          f"{list(cfg.input.cameras)}")
     half_pixel = cfg.model.pixel_convention == "exact"
     dropped = plan.dropped or (False,) * len(frame.cameras)
+    reduced, resample = reduced_decode(cfg), image_resampling(cfg)
     images, Ks = [], []
     for s, cam in enumerate(frame.cameras):
         rc = plan.resize_crops[s]
-        image = camera_image(cam, rc)
+        image = camera_image(cam, rc, reduced, resample)
         images.append(torch.zeros_like(image) if dropped[s] else image)
         Ks.append(resize_crop_intrinsics(cam.pix_T_cam.float(), cam.raw_hw, rc, half_pixel))
     ego_T_cams = torch.stack([cam.ego_T_cam.float() for cam in frame.cameras])
@@ -144,8 +178,8 @@ def assemble(frame: RawFrame, cfg: SimpleBevConfig, plan: AssemblyPlan | None = 
     if cfg.model.radar != "none":
         points = frame.radar if frame.radar is not None else RadarPoints.empty()
         ref_T_ego = invert_rigid(ego_T_cams[plan.ref_index])
-        radar = radar_volume(cfg.model.radar, points.xyz_ego, points.meta_ego, ref_T_ego,
-                             grid or VoxelGrid(cfg.grid))
+        radar = radar_input(cfg.model.radar, points, ref_T_ego, grid or VoxelGrid(cfg.grid),
+                            cfg.data.compat)
     return Sample(
         images=torch.stack(images), pix_T_cams=torch.stack(Ks),
         ref_T_cams=ref_T_cams_from_ego(ego_T_cams, plan.ref_index), radar=radar,

@@ -37,6 +37,14 @@ META_VELOCITY_X_CHANNELS = tuple(pair[0] for pair in VELOCITY_CHANNEL_PAIRS)
 META_VELOCITY_Z_CHANNELS = tuple(pair[1] for pair in VELOCITY_CHANNEL_PAIRS)
 RCS_CHANNEL = META_RADAR_FIELDS.index("rcs")
 DT_CHANNEL = META_RADAR_FIELDS.index("dt")
+# The velocity channels as `RadarPoints.velocity_sensor` keeps them, in this order.
+SENSOR_VELOCITY_FIELDS = ("vx", "vy", "vx_comp", "vy_comp")
+SENSOR_VELOCITY_CHANNELS = tuple(META_RADAR_FIELDS.index(f) for f in SENSOR_VELOCITY_FIELDS)
+# data.compat 'upstream': the devkit's remove_close(2.2) drops points with |x| < r AND |y| < r
+# in the radar's own frame (a square around the sensor, not a disc).
+UPSTREAM_CLOSE_RADIUS_M = 2.2
+# Voxel winner rules of `voxelize_meta_radar`.
+WINNER_RULES = ("newest_strongest", "last")
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -63,16 +71,23 @@ class RadarSweep:
 class RadarPoints:
     """Accumulated radar points of one frame in its ego frame.
 
-    xyz_ego:  (N, 3) float32 positions
-    meta_ego: (N, 16) float32 META_RADAR_FIELDS, velocities as ego (x, y) components
+    xyz_ego:         (N, 3) float32 positions
+    meta_ego:        (N, 16) float32 META_RADAR_FIELDS, velocities as ego (x, y) components
+    xy_sensor:       (N, 2) float32 positions in each point's own radar frame, and
+    velocity_sensor: (N, 4) float32 vx, vy, vx_comp, vy_comp as that radar reported them:
+                     what data.compat 'upstream' needs (`upstream_radar_points`); None when a
+                     source did not keep them
     """
 
     xyz_ego: Tensor
     meta_ego: Tensor
+    xy_sensor: Tensor | None = None
+    velocity_sensor: Tensor | None = None
 
     @staticmethod
     def empty() -> "RadarPoints":
-        return RadarPoints(torch.zeros(0, 3), torch.zeros(0, META_RADAR_CHANNELS))
+        return RadarPoints(torch.zeros(0, 3), torch.zeros(0, META_RADAR_CHANNELS),
+                           torch.zeros(0, 2), torch.zeros(0, len(SENSOR_VELOCITY_FIELDS)))
 
 
 def rotate_velocities(meta: Tensor, a_R_b: Tensor, out_axes: tuple[int, int]) -> Tensor:
@@ -103,7 +118,8 @@ def sweep_to_ego(sweep: RadarSweep) -> RadarPoints:
     xyz_ego = apply_4x4(T, pts[:, :3].double()).float()
     lag = torch.full((len(pts), 1), float(sweep.dt_s))
     meta = torch.cat([pts[:, 3:], lag], dim=1)  # (N, 16)
-    return RadarPoints(xyz_ego, rotate_velocities(meta, T[:3, :3].float(), (0, 1)))
+    return RadarPoints(xyz_ego, rotate_velocities(meta, T[:3, :3].float(), (0, 1)),
+                       pts[:, :2].clone(), meta[:, list(SENSOR_VELOCITY_CHANNELS)].clone())
 
 
 def accumulate_sweeps(sweeps: Iterable[RadarSweep]) -> RadarPoints:
@@ -111,21 +127,43 @@ def accumulate_sweeps(sweeps: Iterable[RadarSweep]) -> RadarPoints:
     parts = [sweep_to_ego(s) for s in sweeps]
     if not parts:
         return RadarPoints.empty()
-    return RadarPoints(torch.cat([p.xyz_ego for p in parts]), torch.cat([p.meta_ego for p in parts]))
+    return RadarPoints(*(torch.cat([getattr(p, name) for p in parts])
+                         for name in ("xyz_ego", "meta_ego", "xy_sensor", "velocity_sensor")))
+
+
+def upstream_radar_points(points: RadarPoints) -> RadarPoints:
+    """The points as upstream fed them (data.compat 'upstream'): velocity channels left in each
+    radar's own frame (upstream transformed x, y, z only) and the devkit's remove_close(2.2)
+    applied in the sensor frame. Needs the sensor-frame fields `sweep_to_ego` keeps."""
+    if points.xy_sensor is None or points.velocity_sensor is None:
+        if len(points.xyz_ego):
+            raise ValueError("radar points without their sensor-frame positions and velocities "
+                             "(RadarPoints.xy_sensor, velocity_sensor): data.compat 'upstream' "
+                             "needs them; build the points with accumulate_sweeps")
+        return RadarPoints.empty()
+    close = (points.xy_sensor.abs() < UPSTREAM_CLOSE_RADIUS_M).all(dim=1)
+    meta = points.meta_ego.clone()
+    meta[:, list(SENSOR_VELOCITY_CHANNELS)] = points.velocity_sensor.to(meta.dtype)
+    keep = ~close
+    return RadarPoints(points.xyz_ego[keep], meta[keep], points.xy_sensor[keep],
+                       points.velocity_sensor[keep])
 
 
 # ----------------------------------------------------------------------------- volumes
 
 
-def meta_radar_to_ref(xyz_ego: Tensor, meta_ego: Tensor, ref_T_ego: Tensor) -> tuple[Tensor, Tensor]:
+def meta_radar_to_ref(xyz_ego: Tensor, meta_ego: Tensor, ref_T_ego: Tensor,
+                      rotate: bool = True) -> tuple[Tensor, Tensor]:
     """Move radar points and their velocities from ego into the reference frame.
 
     xyz_ego:  (N, 3) positions
     meta_ego: (N, 16) META_RADAR_FIELDS, velocities as ego (x, y) components
+    rotate:   False leaves the meta channels as given (data.compat 'upstream')
     returns xyz_ref (N, 3) and meta_ref (N, 16) with velocities as (along ref X, along ref Z).
     """
     ref_T_ego = ref_T_ego.to(xyz_ego.dtype)
-    return apply_4x4(ref_T_ego, xyz_ego), rotate_velocities(meta_ego, ref_T_ego[:3, :3], (0, 2))
+    meta_ref = rotate_velocities(meta_ego, ref_T_ego[:3, :3], (0, 2)) if rotate else meta_ego
+    return apply_4x4(ref_T_ego, xyz_ego), meta_ref
 
 
 def _voxel_index(xyz_ref: Tensor, grid: VoxelGrid) -> tuple[Tensor, Tensor]:
@@ -137,17 +175,28 @@ def _voxel_index(xyz_ref: Tensor, grid: VoxelGrid) -> tuple[Tensor, Tensor]:
     return flat, keep
 
 
-def voxelize_meta_radar(xyz_ref: Tensor, meta_ref: Tensor, grid: VoxelGrid) -> Tensor:
+def voxelize_meta_radar(xyz_ref: Tensor, meta_ref: Tensor, grid: VoxelGrid,
+                        winner: str = "newest_strongest") -> Tensor:
     """Meta-radar points -> (16, Z, Y, X).
 
     xyz_ref (N, 3), meta_ref (N, 16); points may be any number (no padding). Each point goes to
-    its nearest voxel; where several share one, the voxel takes the features of the most recent
-    point (smallest dt), then the strongest (largest rcs), then the first in input order. This is
-    deterministic (upstream: last write after a random permutation). Empty voxels are 0.
+    its nearest voxel; where several share one, `winner` decides whose features the voxel takes:
+    - newest_strongest: the most recent point (smallest dt), then the strongest (largest rcs),
+      then the first in input order (the project's rule);
+    - last: the last in input order (data.compat 'upstream'; upstream's own rule was the last
+      write after a random permutation, i.e. a random one of them, which cannot be reproduced).
+    Both are deterministic. Empty voxels are 0.
     """
     Z, Y, X = grid.Z, grid.Y, grid.X
     out = torch.zeros(META_RADAR_CHANNELS, Z * Y * X, dtype=torch.float32)
     flat, keep = _voxel_index(xyz_ref, grid)
+    if winner == "last":
+        if keep.numel():
+            winners = _last_in_voxel(flat)
+            out[:, flat[winners]] = meta_ref[keep][winners].float().T
+        return out.reshape(META_RADAR_CHANNELS, Z, Y, X)
+    if winner != "newest_strongest":
+        raise ValueError(f"voxel winner rule '{winner}' is not one of {list(WINNER_RULES)}")
     if keep.numel():
         feats = meta_ref[keep].float()
         # Lexicographic order (voxel, dt, -rcs, input order) by stable sorts, least significant first.
@@ -162,6 +211,14 @@ def voxelize_meta_radar(xyz_ref: Tensor, meta_ref: Tensor, grid: VoxelGrid) -> T
     return out.reshape(META_RADAR_CHANNELS, Z, Y, X)
 
 
+def _last_in_voxel(flat: Tensor) -> Tensor:
+    """Indices into `flat` (M,) of the last entry for each distinct voxel index (an explicit
+    reduction: an index_put with repeated indices does not promise which write lands)."""
+    last = torch.full((int(flat.max()) + 1,), -1, dtype=torch.long)
+    last.scatter_reduce_(0, flat, torch.arange(flat.numel()), reduce="amax")
+    return last[last >= 0]
+
+
 def voxelize_occupancy(xyz_ref: Tensor, grid: VoxelGrid) -> Tensor:
     """Points (N, 3) in ref -> (1, Z, Y, X), 1 in every voxel holding at least one point."""
     out = torch.zeros(grid.Z * grid.Y * grid.X, dtype=torch.float32)
@@ -171,19 +228,41 @@ def voxelize_occupancy(xyz_ref: Tensor, grid: VoxelGrid) -> Tensor:
 
 
 def radar_volume(mode: str, xyz_ego: Tensor, meta_ego: Tensor, ref_T_ego: Tensor,
-                 grid: VoxelGrid) -> Tensor | None:
+                 grid: VoxelGrid, compat: str = "project") -> Tensor | None:
     """The model's radar input for model.radar `mode` ('none' -> None, 'occupancy', 'meta').
 
-    xyz_ego (N, 3), meta_ego (N, 16) with ego-frame (x, y) velocities; ref_T_ego (4, 4).
+    xyz_ego (N, 3), meta_ego (N, 16); ref_T_ego (4, 4). compat (data.compat):
+    - project: meta_ego holds ego-frame (x, y) velocities, rotated into the reference frame;
+      the newest_strongest voxel winner;
+    - upstream: meta_ego is fed as given (`upstream_radar_points`: sensor-frame velocities),
+      the last point of a voxel wins, and voxel (0, 0, 0) is always empty (upstream parked
+      out-of-grid points there and then zeroed it).
     """
     if mode == "none":
         return None
-    xyz_ref, meta_ref = meta_radar_to_ref(xyz_ego, meta_ego, ref_T_ego)
+    upstream = compat == "upstream"
+    xyz_ref, meta_ref = meta_radar_to_ref(xyz_ego, meta_ego, ref_T_ego, rotate=not upstream)
     if mode == "occupancy":
-        return voxelize_occupancy(xyz_ref, grid)
-    if mode == "meta":
-        return voxelize_meta_radar(xyz_ref, meta_ref, grid)
-    raise ValueError(f"radar mode '{mode}' is not one of none, occupancy, meta")
+        volume = voxelize_occupancy(xyz_ref, grid)
+    elif mode == "meta":
+        volume = voxelize_meta_radar(xyz_ref, meta_ref, grid, "last" if upstream else
+                                     "newest_strongest")
+    else:
+        raise ValueError(f"radar mode '{mode}' is not one of none, occupancy, meta")
+    if upstream:
+        volume[:, 0, 0, 0] = 0.0
+    return volume
+
+
+def radar_input(mode: str, points: RadarPoints, ref_T_ego: Tensor, grid: VoxelGrid,
+                compat: str = "project") -> Tensor | None:
+    """The model's radar input from a frame's accumulated points under data.compat `compat`
+    (what `simplebev_core.frame.assemble` calls for every data source)."""
+    if compat == "upstream":
+        points = upstream_radar_points(points)
+    elif compat != "project":
+        raise ValueError(f"data.compat '{compat}' is not one of project, upstream")
+    return radar_volume(mode, points.xyz_ego, points.meta_ego, ref_T_ego, grid, compat)
 
 
 def sweep_lag_s(frame_stamp_ns: int, sweep_stamp_ns: int) -> float:

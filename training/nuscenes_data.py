@@ -13,6 +13,12 @@ all expressed in it. Camera extrinsics follow `input.camera_poses` (see simplebe
 Radar: per radar the last `data.radar_sweeps` sweeps at or before the frame stamp, the rule
 the node applies to its radar topics.
 
+data.compat 'upstream' (docs/training.md) builds records as upstream did instead: boxes in the
+ego frame at the LIDAR_TOP keyframe, radar sweeps (each radar's keyframe sweep and the ones
+before it) motion-compensated into the ego frame at the RADAR_FRONT keyframe with time lags
+behind that keyframe, and static camera extrinsics (input.camera_poses 'static', required by
+the config). The three ego poses are then silently treated as one, as upstream did.
+
 Reference camera: evaluation uses cfg.input.ref_camera (CAM_FRONT). Training with
 data.rand_ref_camera draws it uniformly from input.cameras[1:] (upstream never picks slot 0,
 CAM_FRONT_LEFT). It is used as the reference in place: images keep their slot order (the model
@@ -39,7 +45,8 @@ import torch
 from torch.utils.data import Dataset
 
 from simplebev_core.config import RADAR_CHANNELS, SimpleBevConfig
-from simplebev_core.frame import AssemblyPlan, CameraInput, RawFrame, assemble, moving_sensor_pose
+from simplebev_core.frame import (AssemblyPlan, CameraInput, RawFrame, assemble,
+                                  moving_sensor_pose, reduced_decode)
 from simplebev_core.geometry import intrinsics_matrix, invert_rigid, pose_to_matrix
 from simplebev_core.image_decode import ImageDecodeError
 from simplebev_core.preprocess import ResizeCrop
@@ -53,6 +60,9 @@ from .targets import BoxSet, rasterize_targets
 VEHICLE_KEYWORD = "vehicle"  # upstream: any category name containing it (bicycle, motorcycle too)
 LOW_VISIBILITY_TOKEN = "1"  # 0-40 % visible: ignored by loss and metric
 DEFAULT_CACHE_BYTES = 256 * 2**20
+# data.compat 'upstream': the channels whose keyframe ego poses upstream used.
+UPSTREAM_BOX_CHANNEL = "LIDAR_TOP"
+UPSTREAM_RADAR_CHANNEL = "RADAR_FRONT"
 
 
 @dataclass
@@ -76,10 +86,18 @@ class FrameRecord:
     def nbytes(self) -> int:
         tensors = [self.pix_T_cams, self.ego_T_cams]
         if self.radar is not None:
-            tensors += [self.radar.xyz_ego, self.radar.meta_ego]
+            tensors += [t for t in (self.radar.xyz_ego, self.radar.meta_ego,
+                                    self.radar.xy_sensor, self.radar.velocity_sensor)
+                        if t is not None]
         arrays = [self.boxes.center_ego, self.boxes.size_wlh, self.boxes.ego_R_box]
         return (sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays)
                 + 200 * len(self.image_paths) + 1024)
+
+
+def upstream_lag_s(ref_timestamp_us: int, sweep_timestamp_us: int) -> float:
+    """Upstream's (the devkit's) time-lag channel: both microsecond stamps scaled to seconds
+    first, then subtracted, in float64 (at ~1.5e9 s that rounds to ~2e-7 s; kept bit-exact)."""
+    return 1e-6 * ref_timestamp_us - 1e-6 * sweep_timestamp_us
 
 
 def split_scene_names(version: str, split: str) -> set[str]:
@@ -114,8 +132,9 @@ class AugmentationPlan:
     resize_crops: list[ResizeCrop]
     dropped: list[bool]
 
-    def assembly(self) -> AssemblyPlan:
-        return AssemblyPlan(self.ref_index, tuple(self.resize_crops), tuple(self.dropped))
+    def assembly(self, reduced: bool = True) -> AssemblyPlan:
+        """The AssemblyPlan; `reduced`: JPEGs may be decoded DCT-reduced (data.compat)."""
+        return AssemblyPlan(self.ref_index, tuple(self.resize_crops), tuple(self.dropped), reduced)
 
 
 class ByteBoundedLru:
@@ -228,15 +247,32 @@ class NuScenesBev(Dataset):
             K = np.asarray(calib["camera_intrinsic"], dtype=np.float64)
             Ks.append(intrinsics_matrix(K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
             ego_T_cams.append(self._ego_T_sensor(sd, ego_T_world, moving))
+        upstream = self.cfg.data.compat == "upstream"
         radar = None
         if self.cfg.model.radar != "none":
-            radar = accumulate_sweeps(self._radar_sweeps(sample, ego_T_world, stamp_ns))
+            sweeps = (self._upstream_radar_sweeps(sample) if upstream
+                      else self._radar_sweeps(sample, ego_T_world, stamp_ns))
+            radar = accumulate_sweeps(sweeps)
+        box_ego_T_world = self._keyframe_ego_T_world(sample, UPSTREAM_BOX_CHANNEL) if upstream \
+            else ego_T_world
         return FrameRecord(
             token=token, stamp_ns=stamp_ns, image_paths=[self.dataroot / sd["filename"] for sd in sds],
             raw_hw=[(int(sd["height"]), int(sd["width"])) for sd in sds],
             camera_stamps_ns=[int(sd["timestamp"]) * 1000 for sd in sds],
             pix_T_cams=torch.stack(Ks), ego_T_cams=torch.stack(ego_T_cams),
-            boxes=self._boxes(sample, ego_T_world.numpy()), radar=radar)
+            boxes=self._boxes(sample, box_ego_T_world.numpy()), radar=radar)
+
+    def _keyframe_sd(self, sample: dict, channel: str) -> dict:
+        """The sample's keyframe sample_data of `channel` (data.compat 'upstream')."""
+        if channel not in sample["data"]:
+            raise DataFileError(f"sample '{sample['token']}' has no {channel} data, which "
+                                f"data.compat 'upstream' takes its ego pose from")
+        return self.nusc.get("sample_data", sample["data"][channel])
+
+    def _keyframe_ego_T_world(self, sample: dict, channel: str) -> torch.Tensor:
+        """ego_T_world at the capture time of the sample's `channel` keyframe."""
+        sd = self._keyframe_sd(sample, channel)
+        return invert_rigid(self._pose("ego_pose", sd["ego_pose_token"]))
 
     def _boxes(self, sample: dict, ego_T_world: np.ndarray) -> BoxSet:
         centers, sizes, rots, visible = [], [], [], []
@@ -285,6 +321,27 @@ class NuScenesBev(Dataset):
                                       sweep_lag_s(stamp_ns, int(sd["timestamp"]) * 1000)))
         return out
 
+    def _upstream_radar_sweeps(self, sample: dict) -> list[RadarSweep]:
+        """Upstream's radar sweeps: per radar its keyframe sweep and up to data.radar_sweeps - 1
+        before it (the prev chain, whatever the camera stamps), into the ego frame at the
+        RADAR_FRONT keyframe, with the time lag behind that keyframe (negative for a radar
+        whose keyframe sweep came later)."""
+        ref_sd = self._keyframe_sd(sample, UPSTREAM_RADAR_CHANNEL)
+        ego_T_world = invert_rigid(self._pose("ego_pose", ref_sd["ego_pose_token"]))
+        out = []
+        for channel in RADAR_CHANNELS:
+            if channel not in sample["data"]:
+                continue
+            sd = self.nusc.get("sample_data", sample["data"][channel])
+            for _ in range(self.cfg.data.radar_sweeps):
+                points = read_radar_pcd(self.dataroot / sd["filename"])
+                out.append(RadarSweep(points, self._ego_T_sensor(sd, ego_T_world, True).numpy(),
+                                      upstream_lag_s(ref_sd["timestamp"], sd["timestamp"])))
+                if not sd["prev"]:
+                    break
+                sd = self.nusc.get("sample_data", sd["prev"])
+        return out
+
     def raw_frame(self, rec: FrameRecord) -> RawFrame:
         """The record as the RawFrame the model's assembly takes (JPEG bytes read from disk)."""
         cameras = []
@@ -320,14 +377,16 @@ class NuScenesBev(Dataset):
     def targets(self, rec: FrameRecord, ref_index: int) -> Targets:
         """BEV targets of a record with camera `ref_index` as the reference."""
         ref_T_ego = invert_rigid(rec.ego_T_cams[ref_index]).numpy()
-        return rasterize_targets(rec.boxes, ref_T_ego, self.grid, self.cfg.data.center_sigma_cells)
+        return rasterize_targets(rec.boxes, ref_T_ego, self.grid, self.cfg.data.center_sigma_cells,
+                                 round_centers=self.cfg.data.compat == "upstream")
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         index, seed = (key, None) if isinstance(key, (int, np.integer)) else key
         plan = self.augmentation(seed)
         rec = self.record(self.tokens[int(index)])
         try:
-            sample = assemble(self.raw_frame(rec), self.cfg, plan.assembly(), self.grid)
+            sample = assemble(self.raw_frame(rec), self.cfg,
+                              plan.assembly(reduced_decode(self.cfg)), self.grid)
         except ImageDecodeError as e:
             raise DataFileError(str(e)) from e
         sample.targets = self.targets(rec, plan.ref_index)

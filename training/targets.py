@@ -14,6 +14,8 @@ Conventions (upstream's, except where noted):
   cell first), values < 0.001 set to 0, max over boxes.
 - offset = 2 * (cell - centre) in cells, channels (x, z), inside each footprint (upstream's doubled
   convention, so the offset head stays compatible). Where footprints overlap, the later box wins.
+- round_centers=True (data.compat 'upstream'): centre and offset measured from the box centre
+  rounded to the nearest cell (half to even, as torch.round), as upstream's xyz2circles did.
 """
 from __future__ import annotations
 
@@ -90,10 +92,11 @@ def _fill(canvas: np.ndarray, poly_xz: np.ndarray, value: int) -> int:
 
 
 def rasterize_targets(boxes: BoxSet, ref_T_ego: np.ndarray, grid: VoxelGrid,
-                      sigma_cells: float = 3.0) -> Targets:
+                      sigma_cells: float = 3.0, round_centers: bool = False) -> Targets:
     """Vehicle boxes (ego frame) -> Targets with (1 or 2, Z, X) float32 maps.
 
     ref_T_ego: (4, 4) ego -> reference camera optical frame.
+    round_centers: measure centre and offset targets from the rounded centre (upstream).
     """
     Z, X = grid.Z, grid.X
     ids = np.zeros((Z, X), dtype=np.int32)  # instance id + 1, later boxes overwrite
@@ -103,6 +106,8 @@ def rasterize_targets(boxes: BoxSet, ref_T_ego: np.ndarray, grid: VoxelGrid,
     if n:
         faces_xz = _to_mem_xz(boxes.top_face_ego(), ref_T_ego, grid)  # (N, 4, 2)
         centers_xz = _to_mem_xz(boxes.center_ego, ref_T_ego, grid)  # (N, 2)
+        if round_centers:
+            centers_xz = np.round(centers_xz)
         for k in range(n):
             covered = _fill(ids, faces_xz[k], k + 1)
             col, row = np.round(centers_xz[k]).astype(int)
