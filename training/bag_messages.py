@@ -100,13 +100,18 @@ def clock(stamp_ns: int) -> Any:
     return _T["rosgraph_msgs/msg/Clock"](clock=stamp(stamp_ns))
 
 
-def occupancy_grid(values: np.ndarray, grid: Any, stamp_ns: int, frame_id: str = BASE_FRAME) -> Any:
+def occupancy_grid(values: np.ndarray, grid: Any, stamp_ns: int,
+                   frame_id: str = BASE_FRAME) -> Any:
     """int8 (height, width) values on a simplebev_core.bev_grid.BaseGrid -> OccupancyGrid (the
     layout simplebev_ros.conversions.occupancy_grid publishes)."""
     pose = _T["geometry_msgs/msg/Pose"](
-        position=_T["geometry_msgs/msg/Point"](x=float(grid.origin_xy[0]), y=float(grid.origin_xy[1]), z=0.0),
+        position=_T["geometry_msgs/msg/Point"](x=float(grid.origin_xy[0]),
+                                               y=float(grid.origin_xy[1]), z=0.0),
         orientation=_T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
-    info = _T["nav_msgs/msg/MapMetaData"](map_load_time=stamp(stamp_ns), resolution=float(grid.resolution_m),
-                                          width=int(grid.width), height=int(grid.height), origin=pose)
+    info = _T["nav_msgs/msg/MapMetaData"](map_load_time=stamp(stamp_ns),
+                                          resolution=float(grid.resolution_m),
+                                          width=int(grid.width), height=int(grid.height),
+                                          origin=pose)
+    data = np.ascontiguousarray(values, dtype=np.int8).reshape(-1)
     return _T["nav_msgs/msg/OccupancyGrid"](header=header(frame_id, stamp_ns), info=info,
-                                            data=np.ascontiguousarray(values, dtype=np.int8).reshape(-1))
+                                            data=data)

@@ -53,8 +53,9 @@ class Board:
 
 
 def bev_panel(seg_logits: Tensor, seg: Tensor, valid: Tensor) -> Tensor:
-    """One sample's (1, Z, X) maps -> (3, Z, 2X + 1) RGB in [0, 1]: prediction probability | ground
-    truth, both flipped so that forward (+Z) points up; ignored cells tinted red in the GT panel."""
+    """One sample's (1, Z, X) maps -> (3, Z, 2X + 1) RGB in [0, 1]: prediction probability |
+    ground truth, both flipped so that forward (+Z) points up; ignored cells tinted red in the GT
+    panel."""
     prob = torch.sigmoid(seg_logits.detach().float().cpu())[0]
     gt, ok = seg.detach().float().cpu()[0], valid.detach().float().cpu()[0]
     left = prob.expand(3, -1, -1)

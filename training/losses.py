@@ -42,11 +42,14 @@ def balanced_mse(pred: Tensor, gt: Tensor, valid: Tensor) -> Tensor:
 
 
 def simplebev_loss(out: BevOutput, targets: Targets, ce_weight: Tensor, center_weight: Tensor,
-                   offset_weight: Tensor, pos_weight: float = 2.13, ce_scale: float = 10.0) -> LossTerms:
-    """out: model outputs (B, 1|2, Z, X); targets: Targets (B, 1|2, Z, X); *_weight: scalar params."""
+                   offset_weight: Tensor, pos_weight: float = 2.13,
+                   ce_scale: float = 10.0) -> LossTerms:
+    """out: model outputs (B, 1|2, Z, X); targets: Targets (B, 1|2, Z, X); *_weight: scalar
+    params."""
     seg_logits = out.segmentation.float()
     pw = torch.tensor(pos_weight, device=seg_logits.device)
-    bce = F.binary_cross_entropy_with_logits(seg_logits, targets.seg, pos_weight=pw, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(seg_logits, targets.seg, pos_weight=pw,
+                                             reduction="none")
     ce = masked_mean(bce, targets.valid)
     center = balanced_mse(out.center.float(), targets.center, targets.valid)
     l1 = (out.offset.float() - targets.offset).abs().sum(dim=1, keepdim=True)  # (B, 1, Z, X)

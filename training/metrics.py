@@ -23,8 +23,10 @@ def cell_distance_m(grid: VoxelGrid) -> Tensor:
     return torch.sqrt(z[:, None] ** 2 + x[None, :] ** 2).float()
 
 
-def intersection_union(seg_logits: Tensor, seg: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
-    """Per-cell intersection and union (float64, same shape) of pred = sigmoid > threshold and gt."""
+def intersection_union(seg_logits: Tensor, seg: Tensor,
+                       threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Per-cell intersection and union (float64, same shape) of pred = sigmoid > threshold and
+    gt."""
     pred = (torch.sigmoid(seg_logits.detach().float()) > threshold).double()
     gt = seg.double()
     return pred * gt, (pred + gt).clamp(max=1.0)
@@ -40,7 +42,8 @@ class IouAccumulator:
         self.threshold = threshold
         self.band_width_m = band_width_m
         dist = cell_distance if cell_distance is not None else cell_distance_m(grid)
-        # Cells beyond the last band go to the last band (the grid corner is at ~70.7 m for +-50 m).
+        # Cells beyond the last band go to the last band (the grid corner is at ~70.7 m for
+        # +-50 m).
         self.band_of_cell = (dist / band_width_m).floor().long().clamp(max=bands - 1)  # (Z, X)
         self.bands = bands
         self.reset()
@@ -86,8 +89,9 @@ class IouAccumulator:
         self.band_inter, self.band_union = c[5:5 + self.bands].clone(), c[5 + self.bands:].clone()
 
     def as_tensor(self) -> Tensor:
-        return torch.cat([torch.tensor([self.inter, self.union, self.inter_all, self.union_all, float(self.samples)],
-                                       dtype=torch.float64), self.band_inter, self.band_union])
+        totals = torch.tensor([self.inter, self.union, self.inter_all, self.union_all,
+                               float(self.samples)], dtype=torch.float64)
+        return torch.cat([totals, self.band_inter, self.band_union])
 
     @staticmethod
     def _ratio(i: float, u: float) -> float:

@@ -1,4 +1,5 @@
-"""nuScenes (or the synthetic world) -> a standard rosbag2 (mcap or sqlite3), no ROS install needed.
+"""nuScenes (or the synthetic world) -> a standard rosbag2 (mcap or sqlite3), no ROS install
+needed.
 
     python -m training.nuscenes_to_bag --dataroot DIR --version v1.0-mini --scene scene-0061 \\
         [--scene ...] --out BAG [--storage mcap|sqlite3]
@@ -78,7 +79,8 @@ def lidar_points(path: Path) -> np.ndarray:
         raise DataFileError(f"lidar file '{path}' cannot be read: {e}") from e
     if flat.size % len(LIDAR_FIELDS):
         raise DataFileError(f"lidar file '{path}' holds {flat.size} floats, not points of 5")
-    return flat.reshape(-1, len(LIDAR_FIELDS)).copy().view([(f, "<f4") for f in LIDAR_FIELDS])[:, 0]
+    points = flat.reshape(-1, len(LIDAR_FIELDS)).copy()
+    return points.view([(f, "<f4") for f in LIDAR_FIELDS])[:, 0]
 
 
 def sensor_messages(nusc: Any, dataroot: Path, sd: dict) -> Iterator[BagMessage]:
@@ -91,11 +93,12 @@ def sensor_messages(nusc: Any, dataroot: Path, sd: dict) -> Iterator[BagMessage]
         raise DataFileError(f"{sd['sensor_modality']} file '{path}' does not exist")
     if sd["sensor_modality"] == "camera":
         calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        yield BagMessage(stamp_ns, f"/{channel}/image_rect_compressed", "sensor_msgs/msg/CompressedImage",
+        yield BagMessage(stamp_ns, f"/{channel}/image_rect_compressed",
+                         "sensor_msgs/msg/CompressedImage",
                          bm.compressed_image(path.read_bytes(), channel, stamp_ns))
         yield BagMessage(stamp_ns, f"/{channel}/camera_info", "sensor_msgs/msg/CameraInfo",
-                         bm.camera_info(calib["camera_intrinsic"], sd["width"], sd["height"], channel,
-                                        stamp_ns))
+                         bm.camera_info(calib["camera_intrinsic"], sd["width"], sd["height"],
+                                        channel, stamp_ns))
     elif sd["sensor_modality"] == "radar":
         yield BagMessage(stamp_ns, f"/{channel}", "sensor_msgs/msg/PointCloud2",
                          bm.point_cloud(read_radar_pcd_records(path), channel, stamp_ns))
@@ -109,7 +112,8 @@ def ground_truth_values(dataset: NuScenesBev, token: str, mapping: BevToBase) ->
     rec = dataset.record(token)
     ref_index = dataset.cfg.input.cameras.index(dataset.cfg.input.ref_camera)
     targets = dataset.targets(rec, ref_index)
-    codes = torch.where(targets.seg[0] > 0, torch.where(targets.valid[0] > 0, GT_VEHICLE, GT_IGNORED),
+    codes = torch.where(targets.seg[0] > 0,
+                        torch.where(targets.valid[0] > 0, GT_VEHICLE, GT_IGNORED),
                         GT_FREE).float()
     return mapping.resample(codes, fill=GT_OUTSIDE).to(torch.int8).numpy()
 
@@ -128,18 +132,21 @@ def annotation_markers(dataset: NuScenesBev, token: str) -> Any:
     return T["visualization_msgs/msg/MarkerArray"](markers=markers)
 
 
-def _marker(marker_t: Any, header: Any, mid: int, action: int, center=(0, 0, 0), quat_wxyz=(1, 0, 0, 0),
-            size_wlh=(0, 0, 0), visible: bool = True) -> Any:
+def _marker(marker_t: Any, header: Any, mid: int, action: int, center=(0, 0, 0),
+            quat_wxyz=(1, 0, 0, 0), size_wlh=(0, 0, 0), visible: bool = True) -> Any:
     T = bm.TYPESTORE.types
-    w, l, h = (float(v) for v in size_wlh)
+    w, length, h = (float(v) for v in size_wlh)
     pose = T["geometry_msgs/msg/Pose"](
-        position=T["geometry_msgs/msg/Point"](x=float(center[0]), y=float(center[1]), z=float(center[2])),
-        orientation=T["geometry_msgs/msg/Quaternion"](w=float(quat_wxyz[0]), x=float(quat_wxyz[1]),
-                                                      y=float(quat_wxyz[2]), z=float(quat_wxyz[3])))
+        position=T["geometry_msgs/msg/Point"](x=float(center[0]), y=float(center[1]),
+                                              z=float(center[2])),
+        orientation=T["geometry_msgs/msg/Quaternion"](w=float(quat_wxyz[0]),
+                                                      x=float(quat_wxyz[1]),
+                                                      y=float(quat_wxyz[2]),
+                                                      z=float(quat_wxyz[3])))
     colour = T["std_msgs/msg/ColorRGBA"](r=0.1, g=0.8 if visible else 0.4, b=0.3, a=0.5)
     return marker_t(
         header=header, ns="annotations", id=mid, type=1, action=action, pose=pose,
-        scale=T["geometry_msgs/msg/Vector3"](x=l, y=w, z=h), color=colour,
+        scale=T["geometry_msgs/msg/Vector3"](x=length, y=w, z=h), color=colour,
         lifetime=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0), frame_locked=False,
         points=[], colors=[], texture_resource="", texture=T["sensor_msgs/msg/CompressedImage"](
             header=header, format="", data=np.zeros(0, np.uint8)),
@@ -151,7 +158,8 @@ def _marker(marker_t: Any, header: Any, mid: int, action: int, center=(0, 0, 0),
 def scene_messages(nusc: Any, dataroot: Path, scene_name: str, cfg: SimpleBevConfig,
                    version: str) -> list[BagMessage]:
     """Every message of one scene, in time order (static transforms first)."""
-    dataset = NuScenesBev(cfg, dataroot, version, None, train=False, nusc=nusc, scenes=[scene_name])
+    dataset = NuScenesBev(cfg, dataroot, version, None, train=False, nusc=nusc,
+                          scenes=[scene_name])
     scene = next(s for s in nusc.scene if s["name"] == scene_name)
     records = scene_sample_data(nusc, scene)
     static, seen = [], set()
@@ -159,7 +167,8 @@ def scene_messages(nusc: Any, dataroot: Path, scene_name: str, cfg: SimpleBevCon
         channel = sensor_channel(nusc, sd)
         if channel not in seen:
             seen.add(channel)
-            static.append(bm.sensor_tf(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"]), channel))
+            calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            static.append(bm.sensor_tf(calib, channel))
     start_ns = int(records[0]["timestamp"]) * 1000
     out = [BagMessage(start_ns, "/tf_static", "tf2_msgs/msg/TFMessage", bm.tf_message(static))]
     for sd in records:
@@ -194,19 +203,22 @@ def _ref_camera_calibration(nusc: Any, dataset: NuScenesBev) -> torch.Tensor:
 
 def write_bag(messages: Sequence[BagMessage], out: Path, storage: str) -> Path:
     """Write messages (time-ordered) as a rosbag2 at `out` (a new directory)."""
-    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     if out.exists():
-        raise DataFileError(f"output bag '{out}' already exists (remove it or choose another --out)")
+        raise DataFileError(f"output bag '{out}' already exists "
+                            "(remove it or choose another --out)")
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
     never = QosTime(sec=0, nsec=0)
 
     def qos(durability: QosDurability) -> Qos:
-        return Qos(history=QosHistory.KEEP_LAST, depth=1 if durability == QosDurability.TRANSIENT_LOCAL else 10,
+        return Qos(history=QosHistory.KEEP_LAST,
+                   depth=1 if durability == QosDurability.TRANSIENT_LOCAL else 10,
                    reliability=QosReliability.RELIABLE, durability=durability, deadline=never,
-                   lifespan=never, liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=never,
-                   avoid_ros_namespace_conventions=False)
+                   lifespan=never, liveliness=QosLiveliness.AUTOMATIC,
+                   liveliness_lease_duration=never, avoid_ros_namespace_conventions=False)
 
     connections: dict[str, Any] = {}
     with Writer(out, version=9, storage_plugin=plugin) as writer:
@@ -214,15 +226,18 @@ def write_bag(messages: Sequence[BagMessage], out: Path, storage: str) -> Path:
             conn = connections.get(m.topic)
             if conn is None:
                 # /tf_static is latched: a late subscriber of `ros2 bag play` still gets it.
-                durability = QosDurability.TRANSIENT_LOCAL if m.topic == "/tf_static" else QosDurability.VOLATILE
+                durability = (QosDurability.TRANSIENT_LOCAL if m.topic == "/tf_static"
+                              else QosDurability.VOLATILE)
                 conn = connections[m.topic] = writer.add_connection(
-                    m.topic, m.msgtype, typestore=bm.TYPESTORE, offered_qos_profiles=[qos(durability)])
+                    m.topic, m.msgtype, typestore=bm.TYPESTORE,
+                    offered_qos_profiles=[qos(durability)])
             writer.write(conn, m.stamp_ns, bm.TYPESTORE.serialize_cdr(m.msg, m.msgtype))
     return out
 
 
 def convert(dataroot: str | Path, version: str, scenes: Sequence[str], out: str | Path,
-            storage: str = "mcap", cfg: SimpleBevConfig | None = None, progress: bool = True) -> Path:
+            storage: str = "mcap", cfg: SimpleBevConfig | None = None,
+            progress: bool = True) -> Path:
     """The scenes of a nuScenes dataset as one bag (scenes one after another)."""
     cfg = cfg or load_config()
     dataroot, out = Path(dataroot), Path(out)
@@ -239,15 +254,16 @@ def convert(dataroot: str | Path, version: str, scenes: Sequence[str], out: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.nuscenes_to_bag", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.nuscenes_to_bag",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", default="v1.0-mini")
     p.add_argument("--scene", action="append", required=True, help="scene name (repeatable)")
     p.add_argument("--out", required=True, help="output bag directory (must not exist)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.add_argument("--params-file", default=None,
-                   help="config for the ground-truth grid (default config/simplebev.yaml); use the "
-                        "node's params file so ground truth and predictions share one grid")
+                   help="config for the ground-truth grid (default config/simplebev.yaml); use "
+                        "the node's params file so ground truth and predictions share one grid")
     return p
 
 
@@ -256,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         cfg = load_config(args.params_file)
-        print(f"wrote {convert(args.dataroot, args.version, args.scene, args.out, args.storage, cfg)}")
+        bag = convert(args.dataroot, args.version, args.scene, args.out, args.storage, cfg)
+        print(f"wrote {bag}")
         return 0
 
     return report_user_errors(run)

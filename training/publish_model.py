@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from simplebev_core.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from simplebev_core.checkpoint import (CheckpointError, load_checkpoint, resolve_checkpoint,
+                                       save_checkpoint)
 from simplebev_core.config import write_params_file
 from simplebev_core.inference import load_inference_model
 
@@ -28,8 +29,8 @@ def publish(checkpoint: str | Path, out: str | Path, eval_csv: str | Path | None
     path = resolve_checkpoint(checkpoint)
     cfg = checkpoint_config(path)
     if cfg is None:
-        raise CheckpointError(f"checkpoint '{path}' carries no config (an upstream file?): publish "
-                              f"the project's own checkpoints")
+        raise CheckpointError(f"checkpoint '{path}' carries no config (an upstream file?): "
+                              f"publish the project's own checkpoints")
     loaded = load_inference_model(cfg, path, torch.device("cpu"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,8 @@ def publish(checkpoint: str | Path, out: str | Path, eval_csv: str | Path | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.publish_model", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.publish_model",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (newest)")
     p.add_argument("--out", required=True)
     p.add_argument("--eval-csv", default=None)

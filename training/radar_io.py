@@ -51,13 +51,15 @@ def read_radar_pcd_records(path: str | Path) -> np.ndarray:
         if header["DATA"][0] != "binary":
             raise ValueError(f"DATA {header['DATA'][0]} is not supported (binary only)")
         if len(raw) - pos < n * dtype.itemsize:
-            raise ValueError(f"{len(raw) - pos} data bytes for {n} points of {dtype.itemsize} bytes")
+            raise ValueError(f"{len(raw) - pos} data bytes for {n} points of "
+                             f"{dtype.itemsize} bytes")
         missing = [f for f in RADAR_FIELDS if f not in fields]
         if missing:
             raise ValueError(f"fields {missing} missing")
         return np.frombuffer(raw, dtype=dtype, count=n, offset=pos)
     except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
-        raise DataFileError(f"radar file '{path}' is corrupt or not a nuScenes radar PCD: {e}") from e
+        raise DataFileError(f"radar file '{path}' is corrupt or not a nuScenes radar PCD: "
+                            f"{e}") from e
 
 
 def read_radar_pcd(path: str | Path) -> np.ndarray:

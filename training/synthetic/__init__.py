@@ -14,13 +14,14 @@ __all__ = ["generate", "PRESETS", "SynthConfig", "make_config"]
 
 
 def generate(out_dir: str | Path, scenes: int | None = None, samples_per_scene: int | None = None,
-             seed: int = 0, version: str = "v1.0-mini", preset: str | None = "tiny", **settings) -> Path:
+             seed: int = 0, version: str = "v1.0-mini", preset: str | None = "tiny",
+             **settings) -> Path:
     """Write a synthetic nuScenes dataset into out_dir and return out_dir (the devkit's dataroot).
 
     `preset` ('tiny' or 'demo') supplies defaults; explicit arguments override it. Extra keyword
     settings are SynthConfig fields (render_scale, workers, write_labels, ...). Deterministic:
     the same arguments give byte-identical tables.
     """
-    cfg = make_config(preset, scenes=scenes, samples_per_scene=samples_per_scene, seed=seed, version=version,
-                      **settings)
+    cfg = make_config(preset, scenes=scenes, samples_per_scene=samples_per_scene, seed=seed,
+                      version=version, **settings)
     return write_dataset(cfg, Path(out_dir))

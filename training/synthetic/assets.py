@@ -24,10 +24,11 @@ CAR_PAINT = np.array([
     (0.05, 0.45, 0.2), (0.85, 0.55, 0.05), (0.45, 0.12, 0.5), (0.1, 0.55, 0.7), (0.65, 0.6, 0.4),
     (0.9, 0.8, 0.1), (0.35, 0.2, 0.12),
 ])
-SHIRTS = np.array([(0.7, 0.1, 0.1), (0.1, 0.3, 0.7), (0.9, 0.9, 0.9), (0.2, 0.6, 0.3), (0.9, 0.6, 0.1),
-                   (0.5, 0.2, 0.6), (0.15, 0.15, 0.15)])
+SHIRTS = np.array([(0.7, 0.1, 0.1), (0.1, 0.3, 0.7), (0.9, 0.9, 0.9), (0.2, 0.6, 0.3),
+                   (0.9, 0.6, 0.1), (0.5, 0.2, 0.6), (0.15, 0.15, 0.15)])
 SKIN = np.array([(0.87, 0.7, 0.58), (0.6, 0.42, 0.3), (0.38, 0.25, 0.18)])
-WALLS = np.array([(0.72, 0.62, 0.5), (0.6, 0.35, 0.28), (0.65, 0.65, 0.65), (0.8, 0.78, 0.7), (0.45, 0.47, 0.5)])
+WALLS = np.array([(0.72, 0.62, 0.5), (0.6, 0.35, 0.28), (0.65, 0.65, 0.65), (0.8, 0.78, 0.7),
+                  (0.45, 0.47, 0.5)])
 
 
 @dataclass
@@ -63,12 +64,13 @@ def _sides(colour) -> dict[int, tuple]:
     return {0: colour, 1: colour, 2: colour, 3: colour}
 
 
-def _shadow(p: Parts, l: float, w: float) -> None:
+def _shadow(p: Parts, length: float, w: float) -> None:
     # Contact shadow: a dark decal slightly larger than the footprint, as under real vehicles.
-    p.add((0.0, 0.0, 0.005), (l + 0.3, w + 0.3, 0.01), SHADOW, decal=True)
+    p.add((0.0, 0.0, 0.005), (length + 0.3, w + 0.3, 0.01), SHADOW, decal=True)
 
 
-def _wheels(p: Parts, l: float, w: float, xs: list[float], radius: float = 0.33, width: float = 0.24) -> None:
+def _wheels(p: Parts, length: float, w: float, xs: list[float], radius: float = 0.33,
+            width: float = 0.24) -> None:
     for x in xs:
         for side in (-1, 1):
             p.add((x, side * (w / 2 - width / 2), radius), (2 * radius, width, 2 * radius), TYRE)
@@ -95,45 +97,50 @@ def build_parts(category: str, wlh: tuple[float, float, float], rng: np.random.G
                 with_rider: bool = True) -> tuple[Parts, tuple[float, float, float]]:
     """Parts of an annotated object of nuScenes `category` and size (w, l, h); returns the parts
     and the object's dominant colour (used by tests to recognise it in the images)."""
-    w, l, h = wlh
+    w, length, h = wlh
     p = Parts()
     if category == "vehicle.car":
         paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
-        _shadow(p, l, w)
-        p.add((0.0, 0.0, 0.2), (l - 0.6, w - 0.3, 0.2), UNDERBODY)
-        _wheels(p, l, w, [l / 2 - 0.85, -l / 2 + 0.8])
+        _shadow(p, length, w)
+        p.add((0.0, 0.0, 0.2), (length - 0.6, w - 0.3, 0.2), UNDERBODY)
+        _wheels(p, length, w, [length / 2 - 0.85, -length / 2 + 0.8])
         body_top = 0.6 * h
-        p.add((0.0, 0.0, (0.3 + body_top) / 2), (l, w - 0.08, body_top - 0.3), paint)
-        cabin_l = 0.52 * l
-        p.add((-0.06 * l, 0.0, (body_top + h) / 2), (cabin_l, 0.86 * w, h - body_top), paint, faces=_sides(GLASS))
+        p.add((0.0, 0.0, (0.3 + body_top) / 2), (length, w - 0.08, body_top - 0.3), paint)
+        cabin_l = 0.52 * length
+        p.add((-0.06 * length, 0.0, (body_top + h) / 2), (cabin_l, 0.86 * w, h - body_top), paint,
+              faces=_sides(GLASS))
         return p, tuple(paint)
     if category == "vehicle.truck":
         paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
-        cargo = (0.92, 0.92, 0.9) if rng.random() < 0.5 else CAR_PAINT[rng.integers(len(CAR_PAINT))]
-        _shadow(p, l, w)
-        _wheels(p, l, w, [l / 2 - 1.0, -l / 2 + 1.6, -l / 2 + 0.7], radius=0.48, width=0.3)
+        cargo = ((0.92, 0.92, 0.9) if rng.random() < 0.5
+                 else CAR_PAINT[rng.integers(len(CAR_PAINT))])
+        _shadow(p, length, w)
+        _wheels(p, length, w, [length / 2 - 1.0, -length / 2 + 1.6, -length / 2 + 0.7],
+                radius=0.48, width=0.3)
         cab_l = 2.2
-        p.add((l / 2 - cab_l / 2, 0.0, 0.45 + (0.8 * h - 0.45) / 2), (cab_l, w - 0.05, 0.8 * h - 0.45), paint,
+        p.add((length / 2 - cab_l / 2, 0.0, 0.45 + (0.8 * h - 0.45) / 2),
+              (cab_l, w - 0.05, 0.8 * h - 0.45), paint,
               tex=TEX_BAND, tex_rgb=GLASS, tex_param=(0.62, 0.92))
-        p.add((-cab_l / 2 - 0.05, 0.0, 0.55 + (h - 0.55) / 2), (l - cab_l - 0.1, w, h - 0.55), cargo)
+        p.add((-cab_l / 2 - 0.05, 0.0, 0.55 + (h - 0.55) / 2),
+              (length - cab_l - 0.1, w, h - 0.55), cargo)
         return p, tuple(paint)
     if category == "vehicle.bus.rigid":
         paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
-        _shadow(p, l, w)
-        _wheels(p, l, w, [l / 2 - 2.2, -l / 2 + 2.5], radius=0.5, width=0.3)
-        p.add((0.0, 0.0, 0.4 + (h - 0.4) / 2), (l, w - 0.04, h - 0.4), paint,
+        _shadow(p, length, w)
+        _wheels(p, length, w, [length / 2 - 2.2, -length / 2 + 2.5], radius=0.5, width=0.3)
+        p.add((0.0, 0.0, 0.4 + (h - 0.4) / 2), (length, w - 0.04, h - 0.4), paint,
               tex=TEX_BAND, tex_rgb=GLASS, tex_param=(0.45, 0.85))
         return p, tuple(paint)
     if category in ("vehicle.motorcycle", "vehicle.bicycle"):
         moto = category == "vehicle.motorcycle"
         paint = CAR_PAINT[rng.integers(len(CAR_PAINT))] if moto else np.array((0.2, 0.2, 0.22))
         r = 0.32 if moto else 0.34
-        for x in (l / 2 - r, -l / 2 + r):
+        for x in (length / 2 - r, -length / 2 + r):
             p.add((x, 0.0, r), (2 * r, 0.12 if moto else 0.05, 2 * r), TYRE)
         if moto:
-            p.add((0.0, 0.0, 0.62), (l - 2 * r, 0.4, 0.45), paint)
+            p.add((0.0, 0.0, 0.62), (length - 2 * r, 0.4, 0.45), paint)
         else:
-            p.add((0.0, 0.0, 0.6), (l - 2 * r, 0.07, 0.35), paint)
+            p.add((0.0, 0.0, 0.6), (length - 2 * r, 0.07, 0.35), paint)
         if with_rider:
             seat = 0.8 if moto else 0.85
             _person(p, -0.1, min(w, 0.55), h - seat, seat, rng, legs=False)
@@ -144,31 +151,33 @@ def build_parts(category: str, wlh: tuple[float, float, float], rng: np.random.G
     if category == "movable_object.barrier":
         striped = rng.random() < 0.5
         base = (0.85, 0.15, 0.1) if striped else (0.78, 0.78, 0.74)
-        p.add((0.0, 0.0, h / 2), (l, w, h), base, tex=TEX_STRIPES if striped else TEX_PLAIN,
+        p.add((0.0, 0.0, h / 2), (length, w, h), base, tex=TEX_STRIPES if striped else TEX_PLAIN,
               tex_rgb=(0.95, 0.95, 0.95), tex_param=(0.5, 0.0))
         return p, tuple(base)
     if category == "movable_object.trafficcone":
         orange = (0.95, 0.4, 0.05)
-        p.add((0.0, 0.0, 0.025), (l, w, 0.05), orange)
-        p.add((0.0, 0.0, 0.05 + (h - 0.05) / 2), (0.45 * l, 0.45 * w, h - 0.05), orange,
+        p.add((0.0, 0.0, 0.025), (length, w, 0.05), orange)
+        p.add((0.0, 0.0, 0.05 + (h - 0.05) / 2), (0.45 * length, 0.45 * w, h - 0.05), orange,
               tex=TEX_BAND, tex_rgb=(0.95, 0.95, 0.95), tex_param=(0.5, 0.7))
         return p, orange
     raise ValueError(f"no shape for category {category!r}")
 
 
-def build_clutter(kind: str, size_lwh: tuple[float, float, float], rng: np.random.Generator) -> Parts:
+def build_clutter(kind: str, size_lwh: tuple[float, float, float],
+                  rng: np.random.Generator) -> Parts:
     """Static, unannotated scenery: buildings, poles, trees."""
-    l, w, h = size_lwh
+    length, w, h = size_lwh
     p = Parts()
     if kind == "building":
         wall = WALLS[rng.integers(len(WALLS))]
-        p.add((0.0, 0.0, h / 2), (l, w, h), wall, faces={4: (0.3, 0.3, 0.32)},
+        p.add((0.0, 0.0, h / 2), (length, w, h), wall, faces={4: (0.3, 0.3, 0.32)},
               tex=TEX_FACADE, tex_rgb=GLASS, tex_param=(rng.uniform(2.5, 4.0), 3.2))
     elif kind == "pole":
-        p.add((0.0, 0.0, h / 2), (l, w, h), (0.4, 0.42, 0.45))
+        p.add((0.0, 0.0, h / 2), (length, w, h), (0.4, 0.42, 0.45))
     elif kind == "tree":
         p.add((0.0, 0.0, 1.5), (0.3, 0.3, 3.0), (0.3, 0.2, 0.12))
-        p.add((0.0, 0.0, 3.0 + (h - 3.0) / 2), (l, w, h - 3.0), (0.12, 0.35 + 0.15 * rng.random(), 0.1))
+        p.add((0.0, 0.0, 3.0 + (h - 3.0) / 2), (length, w, h - 3.0),
+              (0.12, 0.35 + 0.15 * rng.random(), 0.1))
     else:
         raise ValueError(f"no clutter kind {kind!r}")
     return p

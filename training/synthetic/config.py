@@ -32,7 +32,8 @@ class SynthConfig:
         if not isinstance(self.scenes, int) or self.scenes < 1:
             raise ValueError(f"scenes must be an integer >= 1, got {self.scenes!r}")
         if not isinstance(self.samples_per_scene, int) or self.samples_per_scene < 1:
-            raise ValueError(f"samples_per_scene must be an integer >= 1, got {self.samples_per_scene!r}")
+            raise ValueError("samples_per_scene must be an integer >= 1, "
+                             f"got {self.samples_per_scene!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.version not in SUPPORTED_VERSIONS:

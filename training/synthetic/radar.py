@@ -18,12 +18,15 @@ from .raycast import slab_hits, to_box_frame
 from .rig import RADAR_HALF_FOV_DEG, RADAR_MAX_RANGE_M
 
 # The exact nuScenes radar .pcd layout (see nuscenes.utils.data_classes.RadarPointCloud).
-PCD_FIELDS = ("x", "y", "z", "dyn_prop", "id", "rcs", "vx", "vy", "vx_comp", "vy_comp", "is_quality_valid",
-              "ambig_state", "x_rms", "y_rms", "invalid_state", "pdh0", "vx_rms", "vy_rms")
+PCD_FIELDS = ("x", "y", "z", "dyn_prop", "id", "rcs", "vx", "vy", "vx_comp", "vy_comp",
+              "is_quality_valid", "ambig_state", "x_rms", "y_rms", "invalid_state", "pdh0",
+              "vx_rms", "vy_rms")
 PCD_SIZES = (4, 4, 4, 1, 2, 4, 4, 4, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1)
-PCD_TYPES = ("F", "F", "F", "I", "I", "F", "F", "F", "F", "F", "I", "I", "I", "I", "I", "I", "I", "I")
+PCD_TYPES = ("F", "F", "F", "I", "I", "F", "F", "F", "F", "F",
+             "I", "I", "I", "I", "I", "I", "I", "I")
 _NUMPY_TYPE = {("F", 4): "<f4", ("I", 1): "i1", ("I", 2): "<i2"}
-PCD_DTYPE = np.dtype([(n, _NUMPY_TYPE[(t, s)]) for n, t, s in zip(PCD_FIELDS, PCD_TYPES, PCD_SIZES)])
+PCD_DTYPE = np.dtype([(n, _NUMPY_TYPE[(t, s)])
+                      for n, t, s in zip(PCD_FIELDS, PCD_TYPES, PCD_SIZES)])
 
 # The devkit's default filters; a point "counts" (num_radar_pts) when it passes them.
 DEFAULT_INVALID_STATES, DEFAULT_DYNPROP_STATES, DEFAULT_AMBIG_STATES = (0,), tuple(range(7)), (3,)
@@ -31,7 +34,8 @@ DEFAULT_INVALID_STATES, DEFAULT_DYNPROP_STATES, DEFAULT_AMBIG_STATES = (0,), tup
 # Mean returns per sweep at ~20 m and mean RCS (dBsm) by category; scenery by kind.
 RETURNS_RCS = {
     "vehicle.car": (4.0, 8.0), "vehicle.truck": (6.0, 16.0), "vehicle.bus.rigid": (7.0, 18.0),
-    "vehicle.motorcycle": (1.5, 3.0), "vehicle.bicycle": (1.0, -2.0), "human.pedestrian.adult": (0.8, -6.0),
+    "vehicle.motorcycle": (1.5, 3.0), "vehicle.bicycle": (1.0, -2.0),
+    "human.pedestrian.adult": (0.8, -6.0),
     "movable_object.barrier": (1.0, 2.0), "movable_object.trafficcone": (0.5, -4.0),
 }
 SCENERY_RETURNS_PER_M, SCENERY_RCS = 0.25, 10.0
@@ -67,8 +71,10 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
     bearing = np.angle(np.exp(1j * (np.arctan2(rel[:, 1], rel[:, 0]) - heading)))
     ang_size = np.arctan2(np.linalg.norm(objects.half[:, :2], axis=-1), np.maximum(dist, 1e-3))
     # Objects must span the beam's height (the radar is 2D, at bumper height).
-    spans = (objects.center[:, 2] - objects.half[:, 2] <= origin[2]) & (objects.center[:, 2] + objects.half[:, 2] >= origin[2])
-    seen = spans & (dist > 1.0) & (dist < RADAR_MAX_RANGE_M) & (np.abs(bearing) < np.deg2rad(RADAR_HALF_FOV_DEG) + ang_size)
+    spans = ((objects.center[:, 2] - objects.half[:, 2] <= origin[2])
+             & (objects.center[:, 2] + objects.half[:, 2] >= origin[2]))
+    seen = (spans & (dist > 1.0) & (dist < RADAR_MAX_RANGE_M)
+            & (np.abs(bearing) < np.deg2rad(RADAR_HALF_FOV_DEG) + ang_size))
     counts = np.zeros(len(dist), np.int64)
     counts[seen] = rng.poisson(objects.returns[seen] * np.clip(20.0 / dist[seen], 0.4, 2.0))
 
@@ -97,11 +103,14 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
         owners.append(np.full(counts[i], objects.agent[i]))
         obj_index.append(np.full(counts[i], i))
     if points_xy:
-        p_xy, owner, obj = np.concatenate(points_xy), np.concatenate(owners), np.concatenate(obj_index)
-        # Large objects straddle the edge of the field of view / range: keep only returns inside it.
+        p_xy, owner, obj = (np.concatenate(points_xy), np.concatenate(owners),
+                            np.concatenate(obj_index))
+        # Large objects straddle the edge of the field of view / range: keep only returns
+        # inside it.
         ray = p_xy - origin[:2]
         point_bearing = np.angle(np.exp(1j * (np.arctan2(ray[:, 1], ray[:, 0]) - heading)))
-        in_view = (np.linalg.norm(ray, axis=-1) < RADAR_MAX_RANGE_M) & (np.abs(point_bearing) < np.deg2rad(RADAR_HALF_FOV_DEG))
+        in_view = ((np.linalg.norm(ray, axis=-1) < RADAR_MAX_RANGE_M)
+                   & (np.abs(point_bearing) < np.deg2rad(RADAR_HALF_FOV_DEG)))
         keep = in_view & _line_of_sight(origin, p_xy, obj, objects)
         p_xy, owner, obj = p_xy[keep], owner[keep], obj[keep]
     else:
@@ -126,7 +135,8 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
     rot = radar_T_world[:2, :2]
     out["vx_comp"], out["vy_comp"] = (v_comp @ rot.T).T
     out["vx"], out["vy"] = (v_raw @ rot.T).T
-    out["rcs"] = np.concatenate([objects.rcs[obj], rng.uniform(-10, 5, len(ghosts))]) + rng.normal(0, 3, n)
+    out["rcs"] = (np.concatenate([objects.rcs[obj], rng.uniform(-10, 5, len(ghosts))])
+                  + rng.normal(0, 3, n))
     out["id"] = np.arange(n)
     out["is_quality_valid"] = 1
 
@@ -135,25 +145,30 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
     speed = np.linalg.norm(velocity, axis=-1)
     oncoming = (velocity * r_hat).sum(-1) < -0.5 * np.maximum(speed, 1e-6)
     crossing = radial_speed < 0.3 * speed
-    dyn = np.where(speed[:n_real] > 0.5, np.where(crossing[:n_real], 6, np.where(oncoming[:n_real], 2, 0)),
+    dyn = np.where(speed[:n_real] > 0.5,
+                   np.where(crossing[:n_real], 6, np.where(oncoming[:n_real], 2, 0)),
                    rng.choice([1, 1, 1, 1, 3, 5], n_real))
     out["dyn_prop"] = np.concatenate([dyn, rng.choice([4, 3, 1], len(ghosts))])
     invalid = rng.choice([0, 4, 8, 9, 16, 1], n_real, p=[0.88, 0.03, 0.02, 0.01, 0.01, 0.05])
-    out["invalid_state"] = np.concatenate([invalid, rng.choice([0, 1, 2, 6, 14], len(ghosts), p=[0.2, 0.3, 0.2, 0.2, 0.1])])
+    out["invalid_state"] = np.concatenate([
+        invalid, rng.choice([0, 1, 2, 6, 14], len(ghosts), p=[0.2, 0.3, 0.2, 0.2, 0.1])])
     ambig = np.where(moving, 3, rng.choice([3, 3, 3, 4], n_real))
     ambig = np.where(rng.random(n_real) < 0.04, rng.choice([1, 2], n_real), ambig)
     out["ambig_state"] = np.concatenate([ambig, rng.choice([1, 2, 0], len(ghosts))])
-    out["pdh0"] = np.concatenate([rng.choice([1, 1, 1, 2], n_real), rng.choice([3, 4, 5, 6, 7], len(ghosts))])
+    out["pdh0"] = np.concatenate([rng.choice([1, 1, 1, 2], n_real),
+                                  rng.choice([3, 4, 5, 6, 7], len(ghosts))])
     out["x_rms"], out["y_rms"] = rng.integers(3, 22, n), rng.integers(3, 22, n)
     out["vx_rms"], out["vy_rms"] = rng.integers(15, 20, n), rng.integers(15, 20, n)
     return out, owner
 
 
-def _line_of_sight(origin: np.ndarray, p_xy: np.ndarray, obj: np.ndarray, objects: RadarObjects) -> np.ndarray:
+def _line_of_sight(origin: np.ndarray, p_xy: np.ndarray, obj: np.ndarray,
+                   objects: RadarObjects) -> np.ndarray:
     """True where the segment sensor -> point crosses no other object's footprint."""
     seg = np.concatenate([p_xy - origin[:2], np.zeros((len(p_xy), 1))], 1)  # t in [0, 1] spans it
     o3 = np.array([origin[0], origin[1], 0.0])
-    reach = np.linalg.norm(objects.center[:, :2] - origin[:2], axis=-1) - np.linalg.norm(objects.half[:, :2], axis=-1)
+    reach = (np.linalg.norm(objects.center[:, :2] - origin[:2], axis=-1)
+             - np.linalg.norm(objects.half[:, :2], axis=-1))
     clear = np.ones(len(p_xy), bool)
     for j in np.nonzero(reach < np.linalg.norm(seg, axis=-1).max(initial=0.0))[0]:
         half = np.array([objects.half[j, 0], objects.half[j, 1], 1e9])
@@ -164,7 +179,8 @@ def _line_of_sight(origin: np.ndarray, p_xy: np.ndarray, obj: np.ndarray, object
     return clear
 
 
-def _ghosts(origin: np.ndarray, heading: float, objects: RadarObjects, rng: np.random.Generator) -> np.ndarray:
+def _ghosts(origin: np.ndarray, heading: float, objects: RadarObjects,
+            rng: np.random.Generator) -> np.ndarray:
     """Multipath / clutter returns at random places in the field of view, kept 0.5 m clear of
     every agent box so that they never count as an object's return."""
     n = rng.poisson(GHOSTS_PER_SWEEP)
@@ -173,15 +189,17 @@ def _ghosts(origin: np.ndarray, heading: float, objects: RadarObjects, rng: np.r
     xy = origin[:2] + rng_m[:, None] * np.stack([np.cos(bearing), np.sin(bearing)], -1)
     ok = np.ones(n, bool)
     for j in np.nonzero(objects.agent >= 0)[0]:
-        local = to_box_frame(np.concatenate([xy, np.zeros((n, 1))], 1), np.array([*objects.center[j, :2], 0.0]),
-                             objects.yaw[j])
-        ok &= ~((np.abs(local[:, 0]) < objects.half[j, 0] + 0.5) & (np.abs(local[:, 1]) < objects.half[j, 1] + 0.5))
+        local = to_box_frame(np.concatenate([xy, np.zeros((n, 1))], 1),
+                             np.array([*objects.center[j, :2], 0.0]), objects.yaw[j])
+        ok &= ~((np.abs(local[:, 0]) < objects.half[j, 0] + 0.5)
+                & (np.abs(local[:, 1]) < objects.half[j, 1] + 0.5))
     return xy[ok]
 
 
 def passes_default_filters(points: np.ndarray) -> np.ndarray:
     """The devkit's default RadarPointCloud filters, on our structured array."""
-    return (np.isin(points["invalid_state"], DEFAULT_INVALID_STATES) & np.isin(points["dyn_prop"], DEFAULT_DYNPROP_STATES)
+    return (np.isin(points["invalid_state"], DEFAULT_INVALID_STATES)
+            & np.isin(points["dyn_prop"], DEFAULT_DYNPROP_STATES)
             & np.isin(points["ambig_state"], DEFAULT_AMBIG_STATES))
 
 
@@ -193,9 +211,11 @@ def write_pcd(path: Path, points: np.ndarray) -> None:
         points = np.zeros(1, PCD_DTYPE)
         points["x"] = points["y"] = points["z"] = np.nan
     header = "\n".join([
-        "# .PCD v0.7 - Point Cloud Data file format", "VERSION 0.7", "FIELDS " + " ".join(PCD_FIELDS),
-        "SIZE " + " ".join(map(str, PCD_SIZES)), "TYPE " + " ".join(PCD_TYPES), "COUNT " + " ".join(["1"] * 18),
-        f"WIDTH {len(points)}", "HEIGHT 1", "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {len(points)}", "DATA binary",
+        "# .PCD v0.7 - Point Cloud Data file format", "VERSION 0.7",
+        "FIELDS " + " ".join(PCD_FIELDS), "SIZE " + " ".join(map(str, PCD_SIZES)),
+        "TYPE " + " ".join(PCD_TYPES), "COUNT " + " ".join(["1"] * 18),
+        f"WIDTH {len(points)}", "HEIGHT 1", "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {len(points)}",
+        "DATA binary",
     ]) + "\n"
     with open(path, "wb") as f:
         f.write(header.encode("ascii"))

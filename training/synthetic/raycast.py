@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def to_box_frame(xyz: np.ndarray, center: np.ndarray, yaw: float, is_direction: bool = False) -> np.ndarray:
+def to_box_frame(xyz: np.ndarray, center: np.ndarray, yaw: float,
+                 is_direction: bool = False) -> np.ndarray:
     """Global points (or directions) (..., 3) -> box frame of an upright box."""
     rel = xyz if is_direction else xyz - center
     c, s = np.cos(yaw), np.sin(yaw)
@@ -43,7 +44,8 @@ def slab_hits(origin_box: np.ndarray, dirs_box: np.ndarray, half: np.ndarray
 def face_normals_global(yaw: float) -> np.ndarray:
     """(6, 3) outward normals of an upright box's faces in the global frame."""
     c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, s, 0], [-c, -s, 0], [-s, c, 0], [s, -c, 0], [0, 0, 1], [0, 0, -1]], dtype=float)
+    return np.array([[c, s, 0], [-c, -s, 0], [-s, c, 0], [s, -c, 0], [0, 0, 1], [0, 0, -1]],
+                    dtype=float)
 
 
 def cast_rays(origin: np.ndarray, dirs: np.ndarray, boxes, max_range: float,

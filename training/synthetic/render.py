@@ -40,7 +40,8 @@ class CameraModel:
     def rays_cam(self) -> np.ndarray:
         """(h, w, 3) ray directions (unit) through the internal pixel centres, camera frame."""
         w, h = self.size
-        u_full = (np.arange(w) + 0.5) / self.scale - 0.5  # internal pixel centre in full-res pixels
+        # Internal pixel centre in full-res pixels.
+        u_full = (np.arange(w) + 0.5) / self.scale - 0.5
         v_full = (np.arange(h) + 0.5) / self.scale - 0.5
         fx, fy, cx, cy = self.K_full[0, 0], self.K_full[1, 1], self.K_full[0, 2], self.K_full[1, 2]
         x = np.broadcast_to(((u_full - cx) / fx)[None, :], (h, w))
@@ -50,7 +51,8 @@ class CameraModel:
 
     def project(self, xyz_cam: np.ndarray) -> np.ndarray:
         """Camera-frame points (..., 3) -> internal pixel coordinates (..., 2) (z > 0 assumed)."""
-        uv_full = xyz_cam[..., :2] / xyz_cam[..., 2:3] * self.K_full[[0, 1], [0, 1]] + self.K_full[[0, 1], [2, 2]]
+        uv_full = (xyz_cam[..., :2] / xyz_cam[..., 2:3] * self.K_full[[0, 1], [0, 1]]
+                   + self.K_full[[0, 1], [2, 2]])
         return (uv_full + 0.5) * self.scale - 0.5
 
 
@@ -61,7 +63,8 @@ def _noise_tiles() -> tuple[np.ndarray, np.ndarray]:
 
     def periodic_blur(sigma: float) -> np.ndarray:
         # Blur a 3x3 tiling and keep the centre, so the tile stays seamless when repeated.
-        big = cv2.GaussianBlur(np.tile(rng.normal(0, 1, (512, 512)).astype(np.float32), (3, 3)), (0, 0), sigma)
+        noise = rng.normal(0, 1, (512, 512)).astype(np.float32)
+        big = cv2.GaussianBlur(np.tile(noise, (3, 3)), (0, 0), sigma)
         tile = big[512:1024, 512:1024]
         return tile / tile.std()
     return periodic_blur(1.0), periodic_blur(6.0)
@@ -87,7 +90,8 @@ def ground_colour(world: World, xy: np.ndarray) -> np.ndarray:
     col = np.empty((len(xy), 3), np.float32)
     grass = np.array([0.22, 0.32, 0.13]) + np.outer(np.clip(n_coarse, -2, 2), [0.06, 0.03, 0.03])
     col[:] = grass * (1 + 0.12 * n_fine[:, None])
-    sidewalk = ((ad >= CURB_HALF) & (ad < SIDEWALK_HALF)) | ((a_lat >= CROSS_HALF) & (a_lat < CROSS_HALF + 3.5))
+    sidewalk = (((ad >= CURB_HALF) & (ad < SIDEWALK_HALF))
+                | ((a_lat >= CROSS_HALF) & (a_lat < CROSS_HALF + 3.5)))
     sidewalk &= ~((ad < CURB_HALF) | in_cross)
     main_walk = (ad >= CURB_HALF) & (ad < SIDEWALK_HALF)
     u = np.where(main_walk, s, along)  # paving joints run across each sidewalk
@@ -97,7 +101,8 @@ def ground_colour(world: World, xy: np.ndarray) -> np.ndarray:
     curb = sidewalk & np.where(main_walk, ad - CURB_HALF < 0.25, a_lat - CROSS_HALF < 0.25)
     col[curb] = (0.7, 0.7, 0.68)
     road = (ad < CURB_HALF) | in_cross
-    asphalt = (0.27 + 0.025 * n_coarse[road] + 0.02 * n_fine[road])[:, None] * np.array([1.0, 1.0, 1.04])
+    asphalt = ((0.27 + 0.025 * n_coarse[road] + 0.02 * n_fine[road])[:, None]
+               * np.array([1.0, 1.0, 1.04]))
     col[road] = asphalt
 
     # Markings: main road (suppressed inside the junction), then the cross street.
@@ -107,13 +112,15 @@ def ground_colour(world: World, xy: np.ndarray) -> np.ndarray:
     yellow = main & (np.abs(ad - 0.15) < 0.06)                              # double centre line
     cross_road = in_cross & ~in_junction
     white |= cross_road & (a_lat < 0.08) & ((along % 9.0) < 3.0)
-    white |= cross_road & (np.abs(a_along - CURB_HALF - 2.0) < 0.25) & (lateral * np.sign(along) < 0)  # stop lines
+    white |= (cross_road & (np.abs(a_along - CURB_HALF - 2.0) < 0.25)
+              & (lateral * np.sign(along) < 0))  # stop lines
     col[white] = np.array([0.85, 0.85, 0.82]) * (1 + 0.04 * n_fine[white, None])
     col[yellow] = (0.8, 0.62, 0.12)
     return col
 
 
-def _texture(colour: np.ndarray, boxes: BoxArray, i: int, p_box: np.ndarray, face: np.ndarray) -> np.ndarray:
+def _texture(colour: np.ndarray, boxes: BoxArray, i: int, p_box: np.ndarray,
+             face: np.ndarray) -> np.ndarray:
     """Apply part i's procedural texture to per-pixel colours given box-frame hit points."""
     kind = boxes.tex[i]
     half = boxes.half[i]
@@ -128,7 +135,8 @@ def _texture(colour: np.ndarray, boxes: BoxArray, i: int, p_box: np.ndarray, fac
     elif kind == TEX_FACADE:  # window grid on the walls, none on the ground floor's bottom
         u = np.where(face < 2, p_box[:, 1], p_box[:, 0])
         z = p_box[:, 2] + half[2]
-        mask = vertical & ((u / p0) % 1.0 > 0.25) & ((u / p0) % 1.0 < 0.75) & ((z / p1) % 1.0 > 0.35) & ((z / p1) % 1.0 < 0.85) & (z > 1.0)
+        mask = (vertical & ((u / p0) % 1.0 > 0.25) & ((u / p0) % 1.0 < 0.75)
+                & ((z / p1) % 1.0 > 0.35) & ((z / p1) % 1.0 < 0.85) & (z > 1.0))
     else:
         return colour
     colour[mask] = boxes.tex_rgb[i]
@@ -143,8 +151,9 @@ class CameraRender:
     unoccluded_px: np.ndarray  # (A,) pixels each agent would cover with nothing else drawn
 
 
-def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.ndarray, cam: CameraModel,
-                  rays_cam: np.ndarray, exposure_rng: np.random.Generator) -> CameraRender:
+def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.ndarray,
+                  cam: CameraModel, rays_cam: np.ndarray,
+                  exposure_rng: np.random.Generator) -> CameraRender:
     """Render one camera image of `boxes` (and the ground of `world`) seen from world_T_cam."""
     h, w = rays_cam.shape[:2]
     R, origin = world_T_cam[:3, :3], world_T_cam[:3, 3]
@@ -168,19 +177,23 @@ def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.
     cam_T_world = np.linalg.inv(world_T_cam)
     centers_cam = boxes.center @ cam_T_world[:3, :3].T + cam_T_world[:3, 3]
     radius = np.linalg.norm(boxes.half, axis=-1)
-    keep = (centers_cam[:, 2] > -radius) & (np.linalg.norm(centers_cam, axis=-1) < MAX_RANGE_M + radius)
-    keep &= np.abs(centers_cam[:, 0]) - radius < centers_cam[:, 2] * (IMAGE_W / cam.K_full[0, 0]) + 1.0
+    keep = ((centers_cam[:, 2] > -radius)
+            & (np.linalg.norm(centers_cam, axis=-1) < MAX_RANGE_M + radius))
+    keep &= (np.abs(centers_cam[:, 0]) - radius
+             < centers_cam[:, 2] * (IMAGE_W / cam.K_full[0, 0]) + 1.0)
     idx = np.nonzero(keep)[0]
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
     local = (signs[None] * boxes.half[idx, None, :]).reshape(-1, 3)
-    corners = place_local(local, np.repeat(boxes.center[idx, :2], 8, 0), np.repeat(boxes.yaw[idx], 8))
+    corners = place_local(local, np.repeat(boxes.center[idx, :2], 8, 0),
+                          np.repeat(boxes.yaw[idx], 8))
     corners[:, 2] += np.repeat(boxes.center[idx, 2], 8)
     corners = corners.reshape(-1, 8, 3)
     corners_cam = corners @ cam_T_world[:3, :3].T + cam_T_world[:3, 3]
     near_plane = corners_cam[..., 2] < 0.05
     uv = cam.project(np.where(near_plane[..., None], 1.0, corners_cam))
-    light = np.clip(np.stack([face_normals_global(yaw) for yaw in boxes.yaw[idx]]) @ world.sun_dir, 0, None) \
-        if len(idx) else np.zeros((0, 6))
+    light = (np.clip(np.stack([face_normals_global(yaw) for yaw in boxes.yaw[idx]])
+                     @ world.sun_dir, 0, None)
+             if len(idx) else np.zeros((0, 6)))
     shade = AMBIENT + DIFFUSE * light  # (K, 6)
     shade[:, 4] += 0.1  # open sky above: roofs get extra skylight
     covered: dict[int, list[np.ndarray]] = {}

@@ -33,12 +33,18 @@ class SensorSpec:
 
 # Cameras fire as the lidar sweeps past them, hence the small staggered offsets (as in nuScenes).
 CAMERAS: tuple[SensorSpec, ...] = (
-    SensorSpec("CAM_FRONT_LEFT", "camera", (1.52, 0.49, 1.51), 55.0, (1272.6, 1272.6, 826.6, 479.8), 4_000),
-    SensorSpec("CAM_FRONT", "camera", (1.70, 0.02, 1.51), 0.0, (1266.4, 1266.4, 816.3, 491.5), 12_000),
-    SensorSpec("CAM_FRONT_RIGHT", "camera", (1.55, -0.49, 1.50), -55.0, (1260.8, 1260.8, 807.9, 495.3), 20_000),
-    SensorSpec("CAM_BACK_LEFT", "camera", (1.04, 0.48, 1.59), 110.0, (1256.7, 1256.7, 817.8, 451.9), 45_000),
-    SensorSpec("CAM_BACK", "camera", (0.03, 0.00, 1.58), 180.0, (809.2, 809.2, 829.2, 481.8), 37_000),
-    SensorSpec("CAM_BACK_RIGHT", "camera", (1.01, -0.48, 1.56), -110.0, (1259.5, 1259.5, 807.3, 501.2), 29_000),
+    SensorSpec("CAM_FRONT_LEFT", "camera", (1.52, 0.49, 1.51), 55.0,
+               (1272.6, 1272.6, 826.6, 479.8), 4_000),
+    SensorSpec("CAM_FRONT", "camera", (1.70, 0.02, 1.51), 0.0,
+               (1266.4, 1266.4, 816.3, 491.5), 12_000),
+    SensorSpec("CAM_FRONT_RIGHT", "camera", (1.55, -0.49, 1.50), -55.0,
+               (1260.8, 1260.8, 807.9, 495.3), 20_000),
+    SensorSpec("CAM_BACK_LEFT", "camera", (1.04, 0.48, 1.59), 110.0,
+               (1256.7, 1256.7, 817.8, 451.9), 45_000),
+    SensorSpec("CAM_BACK", "camera", (0.03, 0.00, 1.58), 180.0,
+               (809.2, 809.2, 829.2, 481.8), 37_000),
+    SensorSpec("CAM_BACK_RIGHT", "camera", (1.01, -0.48, 1.56), -110.0,
+               (1259.5, 1259.5, 807.3, 501.2), 29_000),
 )
 RADARS: tuple[SensorSpec, ...] = (
     SensorSpec("RADAR_FRONT", "radar", (3.41, 0.00, 0.50), 0.0),
@@ -56,7 +62,8 @@ RADAR_MAX_RANGE_M = 100.0
 
 @dataclass(frozen=True)
 class Calibration:
-    """A calibrated_sensor record's payload: ego_T_sensor as translation + quaternion (w, x, y, z)."""
+    """A calibrated_sensor record's payload: ego_T_sensor as translation + quaternion
+    (w, x, y, z)."""
 
     translation_ego: tuple[float, float, float]
     quat_wxyz: tuple[float, float, float, float]
@@ -69,10 +76,12 @@ class Calibration:
         return ego_T_sensor
 
 
-def _sensor_rotation(spec: SensorSpec, pitch_rad: float, roll_rad: float, yaw_jitter_rad: float) -> Quaternion:
+def _sensor_rotation(spec: SensorSpec, pitch_rad: float, roll_rad: float,
+                     yaw_jitter_rad: float) -> Quaternion:
     yaw = Quaternion(axis=[0.0, 0.0, 1.0], angle=np.deg2rad(spec.yaw_deg) + yaw_jitter_rad)
     # Mounting error: small pitch (about ego y) and roll (about ego x) applied before the yaw.
-    tilt = Quaternion(axis=[0.0, 1.0, 0.0], angle=pitch_rad) * Quaternion(axis=[1.0, 0.0, 0.0], angle=roll_rad)
+    tilt = (Quaternion(axis=[0.0, 1.0, 0.0], angle=pitch_rad)
+            * Quaternion(axis=[1.0, 0.0, 0.0], angle=roll_rad))
     rot = yaw * tilt
     if spec.modality == "camera":
         rot = rot * Quaternion(matrix=EGO_R_OPTICAL)

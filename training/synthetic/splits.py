@@ -31,7 +31,8 @@ def scene_names(version: str, count: int) -> list[str]:
     train, val = list(nusc_splits.train), list(nusc_splits.val)
     names: list[str] = []
     while len(names) < count:
-        # Every 5th scene (starting with the 2nd) is a val scene: 20 % val, >= 1 val when count >= 2.
+        # Every 5th scene (starting with the 2nd) is a val scene: 20 % val, >= 1 val when
+        # count >= 2.
         source = val if len(names) % 5 == 1 else train
         if not source:
             raise ValueError(f"too many scenes requested: {count}")

@@ -33,7 +33,8 @@ SIZE_MEAN_STD = {
     "movable_object.barrier": ((2.5, 0.5, 0.98), (0.1, 0.05, 0.06)),
     "movable_object.trafficcone": ((0.41, 0.41, 1.07), (0.03, 0.03, 0.08)),
 }
-LANE_MIX = (("vehicle.car", 0.78), ("vehicle.truck", 0.09), ("vehicle.bus.rigid", 0.05), ("vehicle.motorcycle", 0.08))
+LANE_MIX = (("vehicle.car", 0.78), ("vehicle.truck", 0.09), ("vehicle.bus.rigid", 0.05),
+            ("vehicle.motorcycle", 0.08))
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ class World:
     _agent_parts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._agent_parts = _stack_parts([a.parts for a in self.agents], list(range(len(self.agents))))
+        self._agent_parts = _stack_parts([a.parts for a in self.agents],
+                                         list(range(len(self.agents))))
 
     def agent_states(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All agents at time t: xy (A, 2), yaw (A,), velocity_xy (A, 2)."""
@@ -201,9 +203,12 @@ class World:
         center = place_local(p["center"], xy[p["owner"]], part_yaw)
         sc = self.scenery
         return BoxArray(
-            center=np.concatenate([center, sc["center"]]), yaw=np.concatenate([part_yaw, sc["yaw"]]),
-            half=np.concatenate([p["half"], sc["half"]]), owner=np.concatenate([p["owner"], sc["owner"]]),
-            face_rgb=np.concatenate([p["face_rgb"], sc["face_rgb"]]), tex=np.concatenate([p["tex"], sc["tex"]]),
+            center=np.concatenate([center, sc["center"]]),
+            yaw=np.concatenate([part_yaw, sc["yaw"]]),
+            half=np.concatenate([p["half"], sc["half"]]),
+            owner=np.concatenate([p["owner"], sc["owner"]]),
+            face_rgb=np.concatenate([p["face_rgb"], sc["face_rgb"]]),
+            tex=np.concatenate([p["tex"], sc["tex"]]),
             tex_rgb=np.concatenate([p["tex_rgb"], sc["tex_rgb"]]),
             tex_param=np.concatenate([p["tex_param"], sc["tex_param"]]),
             decal=np.concatenate([p["decal"], sc["decal"]]))
@@ -248,13 +253,15 @@ class _Builder:
         parts, colour = build_parts(category, wlh, self.rng, with_rider=with_rider)
         self.agents.append(Agent(category, wlh, parts, colour, attribute, motion))
 
-    def scenery(self, kind: str, xy: np.ndarray, yaw: float, size_lwh: tuple[float, float, float]) -> None:
+    def scenery(self, kind: str, xy: np.ndarray, yaw: float,
+                size_lwh: tuple[float, float, float]) -> None:
         self.scenery_parts.append(build_clutter(kind, size_lwh, self.rng))
         self.scenery_pose.append((float(xy[0]), float(xy[1]), float(yaw)))
 
     def scenery_arrays(self) -> dict[str, np.ndarray]:
         arrays = _stack_parts(self.scenery_parts, [-1] * len(self.scenery_parts))
-        poses = np.repeat(np.asarray(self.scenery_pose).reshape(-1, 3), [len(p) for p in self.scenery_parts], axis=0)
+        poses = np.repeat(np.asarray(self.scenery_pose).reshape(-1, 3),
+                          [len(p) for p in self.scenery_parts], axis=0)
         arrays["center"] = place_local(arrays["center"], poses[:, :2], poses[:, 2])
         arrays["yaw"] = poses[:, 2].copy()
         return arrays
@@ -263,7 +270,8 @@ class _Builder:
 def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) -> World:
     """Draw one scene's world. The ego drives along the main road for duration_s seconds."""
     b = _Builder(rng)
-    curvature = 0.0 if rng.random() < 0.4 else float(rng.choice([-1, 1]) / rng.uniform(250.0, 600.0))
+    curvature = (0.0 if rng.random() < 0.4
+                 else float(rng.choice([-1, 1]) / rng.uniform(250.0, 600.0)))
     # Keep global coordinates positive and modest (the map mask starts at the global origin).
     road = Road(origin_xy=(float(rng.uniform(110, 140)), float(rng.uniform(110, 140))),
                 heading0=float(rng.uniform(np.deg2rad(20), np.deg2rad(70))), curvature=curvature)
@@ -274,7 +282,8 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
     s_lo, s_hi = -110.0, travel + 110.0
     s_cross = float(travel / 2 + rng.uniform(15.0, 45.0) * rng.choice([-1, 1]))
     xy_c, heading_c = road.to_global(np.array([s_cross]), np.array([0.0]))
-    cross = CrossStreet(origin_xy=xy_c[0], along=np.array([-np.sin(heading_c[0]), np.cos(heading_c[0])]),
+    cross = CrossStreet(origin_xy=xy_c[0],
+                        along=np.array([-np.sin(heading_c[0]), np.cos(heading_c[0])]),
                         lateral=np.array([np.cos(heading_c[0]), np.sin(heading_c[0])]))
 
     def near_cross(s: float, margin: float) -> bool:
@@ -283,7 +292,8 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
     # Traffic lanes: one speed per lane (vehicles in a lane never collide); the ego's lane moves
     # with the ego, and leaves a gap around it.
     for d, direction in LANES:
-        speed = ego_speed if d == ego_lane else (0.0 if rng.random() < 0.1 else float(rng.uniform(3.0, 13.0)))
+        speed = ego_speed if d == ego_lane else (0.0 if rng.random() < 0.1
+                                                 else float(rng.uniform(3.0, 13.0)))
         span = speed * duration_s
         s = s_lo - span + rng.uniform(0, 10)
         while s < s_hi + span:
@@ -308,19 +318,26 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
             if r < 0.06:  # construction zone: a row of barriers, cones along the lane edge
                 count = int(rng.integers(3, 7))
                 for i in range(count):
-                    xy, heading = road.to_global(np.array([s + 1.3 * i]), np.array([side * PARK_D]))
-                    b.agent("movable_object.barrier", LinearMotion(tuple(xy[0]), float(heading[0] - np.pi / 2), 0.0),
+                    xy, heading = road.to_global(np.array([s + 1.3 * i]),
+                                                 np.array([side * PARK_D]))
+                    b.agent("movable_object.barrier",
+                            LinearMotion(tuple(xy[0]), float(heading[0] - np.pi / 2), 0.0),
                             0.0, None)
                     if i % 2 == 0:
-                        xy, _ = road.to_global(np.array([s + 1.3 * i]), np.array([side * (ROAD_HALF + 0.25)]))
-                        b.agent("movable_object.trafficcone", LinearMotion(tuple(xy[0]), 0.0, 0.0), 0.0, None)
+                        xy, _ = road.to_global(np.array([s + 1.3 * i]),
+                                               np.array([side * (ROAD_HALF + 0.25)]))
+                        b.agent("movable_object.trafficcone",
+                                LinearMotion(tuple(xy[0]), 0.0, 0.0), 0.0, None)
                 s += 1.3 * count + 3.0
             elif r < 0.06 + cfg.parked_prob:
                 category = "vehicle.car" if rng.random() < 0.9 else "vehicle.truck"
                 wlh = _size(category, rng)
                 centre = s + wlh[1] / 2
-                xy, heading = road.to_global(np.array([centre]), np.array([side * PARK_D + rng.normal(0, 0.1)]))
-                b.agent(category, LinearMotion(tuple(xy[0]), float(heading[0] + yaw_offset + rng.normal(0, 0.03)), 0.0),
+                xy, heading = road.to_global(np.array([centre]),
+                                             np.array([side * PARK_D + rng.normal(0, 0.1)]))
+                b.agent(category,
+                        LinearMotion(tuple(xy[0]),
+                                     float(heading[0] + yaw_offset + rng.normal(0, 0.03)), 0.0),
                         0.0, "vehicle.parked", wlh)
                 s += wlh[1] + rng.uniform(0.8, 3.0)
             else:
@@ -337,17 +354,20 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
                 direction = int(rng.choice([-1, 1]))
                 if kind == "ped":
                     speed = 0.0 if rng.random() < 0.2 else float(rng.uniform(1.0, 1.6))
-                    b.agent("human.pedestrian.adult", LaneMotion(road, float(s), side * d_walk, direction, speed),
+                    b.agent("human.pedestrian.adult",
+                            LaneMotion(road, float(s), side * d_walk, direction, speed),
                             speed, "pedestrian.moving" if speed > 0 else "pedestrian.standing")
                 else:
                     speed = float(rng.uniform(3.0, 6.0))
-                    b.agent("vehicle.bicycle", LaneMotion(road, float(s), side * d_walk, direction, speed),
+                    b.agent("vehicle.bicycle",
+                            LaneMotion(road, float(s), side * d_walk, direction, speed),
                             speed, "cycle.with_rider")
 
     # Cross street: queues waiting at the main road, and vehicles driving away from it.
     for end in (-1, 1):  # which side of the main road
         for lat, lane_dir in CROSS_LANES:
-            toward = lane_dir * end > 0  # right-hand traffic: these lanes head towards the main road
+            # Right-hand traffic: these lanes head towards the main road.
+            toward = lane_dir * end > 0
             yaw = float(np.arctan2(*(cross.along * (-end if toward else end))[::-1]))
             along = CURB_HALF + 4.0 + rng.uniform(0, 3)
             speed = 0.0 if toward else float(rng.uniform(3.0, 9.0))
@@ -356,8 +376,10 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
                 wlh = _size(category, rng)
                 centre = along + wlh[1] / 2
                 xy = cross.origin_xy + end * centre * cross.along + lat * cross.lateral
-                b.agent(category, LinearMotion(tuple(xy), yaw, speed), speed, _vehicle_attribute(speed, False), wlh)
-                along = centre + wlh[1] / 2 + rng.uniform(*cfg.lane_gap_m) / (1.0 if speed else 4.0)
+                b.agent(category, LinearMotion(tuple(xy), yaw, speed), speed,
+                        _vehicle_attribute(speed, False), wlh)
+                along = (centre + wlh[1] / 2
+                         + rng.uniform(*cfg.lane_gap_m) / (1.0 if speed else 4.0))
 
     # Scenery: buildings behind the sidewalks, poles and trees at the sidewalk's outer edge.
     for side in (-1, 1):
@@ -369,20 +391,25 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
                 depth = float(rng.uniform(8, 18))
                 d = side * (rng.uniform(15.5, 19.0) + depth / 2)
                 xy, heading = road.to_global(np.array([centre]), np.array([d]))
-                b.scenery("building", xy[0], float(heading[0]), (length, depth, float(rng.uniform(6, 24))))
+                b.scenery("building", xy[0], float(heading[0]),
+                          (length, depth, float(rng.uniform(6, 24))))
             s += length + rng.uniform(2, 12)
         s = s_lo + rng.uniform(0, 10)
         while s < s_hi:
             if not near_cross(s, 2.0):
-                xy, heading = road.to_global(np.array([s]), np.array([side * (SIDEWALK_HALF - 0.1)]))
+                xy, heading = road.to_global(np.array([s]),
+                                             np.array([side * (SIDEWALK_HALF - 0.1)]))
                 if rng.random() < 0.5:
-                    b.scenery("pole", xy[0], float(heading[0]), (0.25, 0.25, float(rng.uniform(5, 8))))
+                    b.scenery("pole", xy[0], float(heading[0]),
+                              (0.25, 0.25, float(rng.uniform(5, 8))))
                 else:
                     size = float(rng.uniform(2.0, 3.5))
-                    b.scenery("tree", xy[0], float(heading[0]), (size, size, float(rng.uniform(5.5, 8))))
+                    b.scenery("tree", xy[0], float(heading[0]),
+                              (size, size, float(rng.uniform(5.5, 8))))
             s += rng.uniform(12, 30)
 
     azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(np.deg2rad(30), np.deg2rad(65))
-    sun = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
+    sun = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                    np.sin(elevation)])
     return World(road=road, cross=cross, s_cross=s_cross, ego=ego, agents=b.agents, sun_dir=sun,
                  scenery=b.scenery_arrays())

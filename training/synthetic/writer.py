@@ -27,8 +27,8 @@ from .splits import scene_names
 from .tables import static_tables, token, visibility_token
 from .world import CROSS_HALF, CURB_HALF, World, sample_world
 
-TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
-          "scene", "sample", "sample_data", "sample_annotation", "map")
+TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
+          "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map")
 KEYFRAME_INTERVAL_US = 500_000
 RADAR_SWEEPS_BEFORE_FIRST = 6
 RADAR_PERIOD_US = 76_923  # 13 Hz
@@ -45,7 +45,8 @@ def _pose_record(tok: str, timestamp_us: int, xy: np.ndarray, yaw: float) -> dic
 
 
 def _matrix(record: dict) -> np.ndarray:
-    """a_T_b from a nuScenes translation + rotation (w, x, y, z) record, read as the devkit does."""
+    """a_T_b from a nuScenes translation + rotation (w, x, y, z) record, read as the devkit
+    does."""
     a_T_b = Quaternion(record["rotation"]).transformation_matrix
     a_T_b[:3, 3] = record["translation"]
     return a_T_b
@@ -60,7 +61,8 @@ class _SceneWriter:
         self.logfile = f"n000-synthetic-{cfg.seed}-{name}"
         self.tables: dict[str, list[dict]] = {t: [] for t in TABLES}
         self.labels: dict = {"masks": {}, "radar_points": {}, "instances": {}}
-        self.t0_us = 1_533_000_000_000_000 + scene_index * 3_600_000_000 + int(self.rng.integers(0, 1_000_000))
+        self.t0_us = (1_533_000_000_000_000 + scene_index * 3_600_000_000
+                      + int(self.rng.integers(0, 1_000_000)))
         n = cfg.samples_per_scene
         jitter = self.rng.integers(-5_000, 5_000, n)
         jitter[0] = 0
@@ -68,7 +70,8 @@ class _SceneWriter:
         duration_s = (self.key_us[-1] - self.t0_us) * 1e-6
         self.world: World = sample_world(self.rng, cfg, duration_s)
         self.calib = calibrate(self.rng)
-        self.cams = {c.channel: CameraModel(np.array(self.calib[c.channel].camera_intrinsic), cfg.render_scale)
+        self.cams = {c.channel: CameraModel(np.array(self.calib[c.channel].camera_intrinsic),
+                                            cfg.render_scale)
                      for c in CAMERAS}
         self.rays = {ch: cam.rays_cam() for ch, cam in self.cams.items()}
         self.log_token = token("log", cfg.seed, name)
@@ -103,8 +106,9 @@ class _SceneWriter:
         rel = f"{folder}/{channel}/{self.logfile}__{channel}__{int(timestamp_us)}.{ext}"
         ego = self.ego_record(tok, timestamp_us)
         record = {"token": tok, "sample_token": sample_token, "ego_pose_token": tok,
-                  "calibrated_sensor_token": self.cs_token[channel], "timestamp": int(timestamp_us),
-                  "fileformat": ext.split(".")[0], "is_key_frame": bool(key), "height": size[1], "width": size[0],
+                  "calibrated_sensor_token": self.cs_token[channel],
+                  "timestamp": int(timestamp_us), "fileformat": ext.split(".")[0],
+                  "is_key_frame": bool(key), "height": size[1], "width": size[0],
                   "filename": rel, "prev": "", "next": ""}
         self.tables["sample_data"].append(record)
         path = self.out / rel
@@ -123,11 +127,14 @@ class _SceneWriter:
             yaw=np.concatenate([yaw, sc["yaw"][solid]]),
             half=np.concatenate([wlh[:, [1, 0, 2]] / 2, sc["half"][solid]]),
             velocity=np.concatenate([vel, np.zeros((solid.sum(), 2))]),
-            returns=np.concatenate([cat_params[:, 0], radar.SCENERY_RETURNS_PER_M * 2 * sc["half"][solid, :2].max(1)]),
+            returns=np.concatenate([
+                cat_params[:, 0],
+                radar.SCENERY_RETURNS_PER_M * 2 * sc["half"][solid, :2].max(1)]),
             rcs=np.concatenate([cat_params[:, 1], np.full(solid.sum(), radar.SCENERY_RCS)]),
             agent=np.concatenate([np.arange(len(agents)), np.full(solid.sum(), -1)]))
 
-    def radar_sweep(self, channel: str, timestamp_us: int, sample_token: str, key: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    def radar_sweep(self, channel: str, timestamp_us: int, sample_token: str,
+                    key: bool) -> tuple[np.ndarray, np.ndarray, str]:
         record, ego, path = self.sample_data(channel, timestamp_us, sample_token, key, "pcd")
         world_T_radar = self.world_T_sensor(ego, channel)
         points, owner = radar.sweep(self.radar_objects(self.t_s(timestamp_us)), world_T_radar,
@@ -146,23 +153,28 @@ class _SceneWriter:
             self.tables["sample"].append({"token": sample_tokens[k], "timestamp": int(t_key),
                                           "scene_token": token("scene", cfg.seed, name),
                                           "prev": sample_tokens[k - 1] if k else "",
-                                          "next": sample_tokens[k + 1] if k + 1 < len(self.key_us) else ""})
+                                          "next": (sample_tokens[k + 1]
+                                                   if k + 1 < len(self.key_us) else "")})
             # Radar sweeps leading up to (and including) this keyframe.
             n_between = RADAR_SWEEPS_BEFORE_FIRST if k == 0 else (7 if k % 2 else 6)
-            previous = t_key - RADAR_SWEEPS_BEFORE_FIRST * RADAR_PERIOD_US if k == 0 else self.key_us[k - 1]
+            previous = (t_key - RADAR_SWEEPS_BEFORE_FIRST * RADAR_PERIOD_US if k == 0
+                        else self.key_us[k - 1])
             num_radar = np.zeros(n_agents, np.int64)
             for spec in RADARS:
                 for j in range(1, n_between + 1):
-                    t_us = int(previous + (t_key - previous) * j // n_between) + radar_offsets[spec.channel]
+                    t_us = (int(previous + (t_key - previous) * j // n_between)
+                            + radar_offsets[spec.channel])
                     key = j == n_between
-                    points, owner, sd_token = self.radar_sweep(spec.channel, t_us, sample_tokens[k], key)
+                    points, owner, sd_token = self.radar_sweep(spec.channel, t_us,
+                                                               sample_tokens[k], key)
                     if key:
                         valid = radar.passes_default_filters(points)
                         num_radar += np.bincount(owner[valid & (owner >= 0)], minlength=n_agents)
                         if cfg.write_labels:
                             self.labels["radar_points"][sd_token] = owner.tolist()
             # Lidar keyframe.
-            record, ego, path = self.sample_data(LIDAR.channel, int(t_key), sample_tokens[k], True, "pcd.bin")
+            record, ego, path = self.sample_data(LIDAR.channel, int(t_key), sample_tokens[k], True,
+                                                 "pcd.bin")
             points, owner = lidar.scan(self.world.boxes_at(self.t_s(t_key)),
                                        self.world_T_sensor(ego, LIDAR.channel), self.rng)
             lidar.write_bin(path, points)
@@ -172,42 +184,48 @@ class _SceneWriter:
             unoccluded = np.zeros(n_agents, np.int64)
             for spec in CAMERAS:
                 t_us = int(t_key) + spec.time_offset_us
-                record, ego, path = self.sample_data(spec.channel, t_us, sample_tokens[k], True, "jpg", (IMAGE_W, IMAGE_H))
+                record, ego, path = self.sample_data(spec.channel, t_us, sample_tokens[k], True,
+                                                     "jpg", (IMAGE_W, IMAGE_H))
                 out = render_camera(self.world, self.world.boxes_at(self.t_s(t_us)), n_agents,
-                                    self.world_T_sensor(ego, spec.channel), self.cams[spec.channel],
-                                    self.rays[spec.channel], self.rng)
+                                    self.world_T_sensor(ego, spec.channel),
+                                    self.cams[spec.channel], self.rays[spec.channel], self.rng)
                 cv2.imwrite(str(path), out.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
                 visible += out.visible_px
                 unoccluded += out.unoccluded_px
                 if cfg.write_labels:
                     mask_rel = f"{LABELS_DIR}/masks/{record['token']}.png"
                     (self.out / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(self.out / mask_rel), (out.owner + 1).clip(0).astype(np.uint16))
+                    cv2.imwrite(str(self.out / mask_rel),
+                                (out.owner + 1).clip(0).astype(np.uint16))
                     self.labels["masks"][record["token"]] = mask_rel
-            self.annotate(k, sample_tokens[k], t_key, visible, unoccluded, num_lidar, num_radar, ann_by_agent)
+            self.annotate(k, sample_tokens[k], t_key, visible, unoccluded, num_lidar, num_radar,
+                          ann_by_agent)
         self.link_chains()
         self.finish_instances(ann_by_agent)
         self.scene_records(sample_tokens)
         return {"tables": self.tables, "labels": self.labels}
 
-    def annotate(self, k: int, sample_token: str, t_key: int, visible: np.ndarray, unoccluded: np.ndarray,
-                 num_lidar: np.ndarray, num_radar: np.ndarray, ann_by_agent: dict[int, list[dict]]) -> None:
+    def annotate(self, k: int, sample_token: str, t_key: int, visible: np.ndarray,
+                 unoccluded: np.ndarray, num_lidar: np.ndarray, num_radar: np.ndarray,
+                 ann_by_agent: dict[int, list[dict]]) -> None:
         t = self.t_s(t_key)
         xy, yaw, _ = self.world.agent_states(t)
         ego_xy, _, _ = self.world.ego.pose(np.array([t]))
         in_range = np.linalg.norm(xy - ego_xy[0], axis=-1) < ANNOTATION_RANGE_M
         for a in np.nonzero(in_range)[0]:
             agent = self.world.agents[a]
-            w, l, h = agent.size_wlh
+            w, length, h = agent.size_wlh
             q = Quaternion(axis=[0.0, 0.0, 1.0], angle=float(yaw[a]))
             q = q if q.w >= 0 else -q
             fraction = visible[a] / unoccluded[a] if unoccluded[a] else 0.0
             record = {
                 "token": token("sample_annotation", self.cfg.seed, self.name, k, int(a)),
-                "sample_token": sample_token, "instance_token": token("instance", self.cfg.seed, self.name, int(a)),
+                "sample_token": sample_token,
+                "instance_token": token("instance", self.cfg.seed, self.name, int(a)),
                 "visibility_token": visibility_token(fraction),
-                "attribute_tokens": [token("attribute", agent.attribute)] if agent.attribute else [],
-                "translation": [float(xy[a, 0]), float(xy[a, 1]), h / 2], "size": [w, l, h],
+                "attribute_tokens": ([token("attribute", agent.attribute)] if agent.attribute
+                                     else []),
+                "translation": [float(xy[a, 0]), float(xy[a, 1]), h / 2], "size": [w, length, h],
                 "rotation": [float(v) for v in q.q], "prev": "", "next": "",
                 "num_lidar_pts": int(num_lidar[a]), "num_radar_pts": int(num_radar[a]),
             }
@@ -231,32 +249,42 @@ class _SceneWriter:
                 before["next"], after["prev"] = after["token"], before["token"]
             agent = self.world.agents[a]
             inst = anns[0]["instance_token"]
-            self.tables["instance"].append({"token": inst, "category_token": token("category", agent.category),
-                                            "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
+            self.tables["instance"].append({"token": inst,
+                                            "category_token": token("category", agent.category),
+                                            "nbr_annotations": len(anns),
+                                            "first_annotation_token": anns[0]["token"],
                                             "last_annotation_token": anns[-1]["token"]})
             if self.cfg.write_labels:
-                self.labels["instances"][inst] = {"mask_value": a + 1, "colour": [float(c) for c in agent.colour]}
+                self.labels["instances"][inst] = {"mask_value": a + 1,
+                                                  "colour": [float(c) for c in agent.colour]}
 
     def scene_records(self, sample_tokens: list[str]) -> None:
         cfg, name = self.cfg, self.name
         map_token = token("map", cfg.seed, name)
-        self.tables["scene"].append({"token": token("scene", cfg.seed, name), "log_token": self.log_token,
-                                     "nbr_samples": len(sample_tokens), "first_sample_token": sample_tokens[0],
+        self.tables["scene"].append({"token": token("scene", cfg.seed, name),
+                                     "log_token": self.log_token,
+                                     "nbr_samples": len(sample_tokens),
+                                     "first_sample_token": sample_tokens[0],
                                      "last_sample_token": sample_tokens[-1], "name": name,
-                                     "description": f"synthetic scene (seed {cfg.seed}): {len(self.world.agents)} agents"})
-        self.tables["log"].append({"token": self.log_token, "logfile": self.logfile, "vehicle": "synthetic-zoe",
-                                   "date_captured": "2018-08-01", "location": "synthetic-city"})
-        self.tables["map"].append({"token": map_token, "log_tokens": [self.log_token], "category": "semantic_prior",
+                                     "description": f"synthetic scene (seed {cfg.seed}): "
+                                                    f"{len(self.world.agents)} agents"})
+        self.tables["log"].append({"token": self.log_token, "logfile": self.logfile,
+                                   "vehicle": "synthetic-zoe", "date_captured": "2018-08-01",
+                                   "location": "synthetic-city"})
+        self.tables["map"].append({"token": map_token, "log_tokens": [self.log_token],
+                                   "category": "semantic_prior",
                                    "filename": f"maps/{map_token}.png"})
         self.write_map(self.out / "maps" / f"{map_token}.png")
         for channel, c in self.calib.items():
             self.tables["calibrated_sensor"].append({
                 "token": self.cs_token[channel], "sensor_token": token("sensor", channel),
                 "translation": list(c.translation_ego), "rotation": list(c.quat_wxyz),
-                "camera_intrinsic": [list(row) for row in c.camera_intrinsic] if c.camera_intrinsic else []})
+                "camera_intrinsic": ([list(row) for row in c.camera_intrinsic]
+                                     if c.camera_intrinsic else [])})
 
     def write_map(self, path: Path) -> None:
-        """Drivable-area mask at 0.1 m/px whose pixel (0, H) is the global origin, as MapMask expects."""
+        """Drivable-area mask at 0.1 m/px whose pixel (0, H) is the global origin, as MapMask
+        expects."""
         road, cross = self.world.road, self.world.cross
         travel = self.world.ego.speed * self.t_s(self.key_us[-1])
         s = np.arange(-200.0, travel + 200.0, 2.0)
@@ -307,7 +335,8 @@ def write_dataset(cfg: SynthConfig, out_dir: Path) -> Path:
     for t in TABLES:
         (table_dir / f"{t}.json").write_text(json.dumps(tables[t], indent=1))
     if cfg.write_labels:
-        labels = {"render_scale": cfg.render_scale, "masks": {}, "radar_points": {}, "instances": {}}
+        labels = {"render_scale": cfg.render_scale, "masks": {}, "radar_points": {},
+                  "instances": {}}
         for result in results:
             for key in ("masks", "radar_points", "instances"):
                 labels[key].update(result["labels"][key])
