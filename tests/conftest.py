@@ -13,7 +13,8 @@ import pytest
 _REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(_REPO / "test_support" / "fastdds_test.xml"))
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE",
+                      str(_REPO / "test_support" / "fastdds_test.xml"))
 os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
     p for p in (sys.prefix, os.environ.get("AMENT_PREFIX_PATH", "")) if p)
 
@@ -22,7 +23,8 @@ os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
 def synthetic_dataroot(tmp_path_factory) -> tuple[Path, str]:
     """(dataroot, version) of a tiny synthetic dataset in nuScenes format (2 scenes x 3 keyframes,
     scene-0061 in mini_train and scene-0103 in mini_val), with sidecar labels. Takes ~10 s."""
-    pytest.importorskip("nuscenes", reason="the synthetic dataset is written for the nuScenes devkit")
+    pytest.importorskip("nuscenes",
+                        reason="the synthetic dataset is written for the nuScenes devkit")
     from training.synthetic import generate
 
     version = "v1.0-mini"

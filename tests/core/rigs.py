@@ -12,7 +12,8 @@ from simplebev_core.geometry import intrinsics_matrix
 NUSCENES_LIKE_YAWS_DEG = (55.0, 0.0, -55.0, 110.0, 180.0, -110.0)
 
 
-def ref_T_cam_yaw(yaw_deg: float, xyz_ref: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+def ref_T_cam_yaw(yaw_deg: float,
+                  xyz_ref: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
     """Camera optical frame -> ref (front camera optical frame: X right, Y down, Z forward).
     A camera yawed left (positive yaw) looks towards -X."""
     a = math.radians(yaw_deg)
@@ -25,7 +26,8 @@ def ref_T_cam_yaw(yaw_deg: float, xyz_ref: tuple[float, float, float] = (0.0, 0.
 
 
 def nuscenes_like_rig(H: int, W: int, yaws_deg=NUSCENES_LIKE_YAWS_DEG, jitter: float = 0.0,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      generator: torch.Generator | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """pix_T_cams (S, 4, 4) for an HxW image with ~70 deg horizontal FOV and ref_T_cams (S, 4, 4).
     jitter > 0 perturbs yaws (degrees) and positions (metres) randomly."""
     S = len(yaws_deg)

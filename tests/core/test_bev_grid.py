@@ -14,7 +14,8 @@ from simplebev_core.geometry import apply_4x4, invert_rigid
 from simplebev_core.voxel import VoxelGrid
 
 # Optical frame axes in base_link: x_cam = -y_base, y_cam = -z_base, z_cam = x_base.
-BASE_R_OPTICAL = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+BASE_R_OPTICAL = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]],
+                              dtype=torch.float64)
 
 
 def base_T_cam(yaw_deg: float, xyz=(1.7, 0.02, 1.5)) -> torch.Tensor:
@@ -27,7 +28,8 @@ def base_T_cam(yaw_deg: float, xyz=(1.7, 0.02, 1.5)) -> torch.Tensor:
     return T
 
 
-GRID = VoxelGrid(load_config(overrides={"grid.voxels_zyx": [100, 4, 100], "grid.x_range_m": [-25.0, 25.0],
+GRID = VoxelGrid(load_config(overrides={"grid.voxels_zyx": [100, 4, 100],
+                                        "grid.x_range_m": [-25.0, 25.0],
                                         "grid.z_range_m": [-25.0, 25.0]}).grid)
 
 
@@ -35,7 +37,8 @@ def plant(mapping: BevToBase, xy_base) -> torch.Tensor:
     """A BEV map with a 3x3-cell vehicle centred under base_link point xy_base, found with the
     ref frame's own geometry (independently of BevToBase). Nearest-cell resampling of a grid
     rotated against the output may skip a lone cell, never a vehicle."""
-    xyz_ref = apply_4x4(invert_rigid(mapping.base_T_ref), torch.tensor([[*xy_base, 0.0]], dtype=torch.float64))
+    xyz_ref = apply_4x4(invert_rigid(mapping.base_T_ref),
+                        torch.tensor([[*xy_base, 0.0]], dtype=torch.float64))
     mem = GRID.ref_to_mem(xyz_ref)[0]
     bev = torch.zeros(GRID.Z, GRID.X)
     z, x = int(mem[2].round()), int(mem[0].round())
@@ -69,7 +72,8 @@ def test_grid_is_centred_under_the_reference_grid_and_unknown_outside():
     mapping = BevToBase(GRID, base_T_cam(30.0))
     grid = mapping.base_grid
     # The ref grid's centre (the camera position, 1 m lower) is the published grid's centre.
-    assert grid.origin_xy[0] + 25.0 == pytest.approx(1.7) and grid.origin_xy[1] + 25.0 == pytest.approx(0.02)
+    assert grid.origin_xy[0] + 25.0 == pytest.approx(1.7)
+    assert grid.origin_xy[1] + 25.0 == pytest.approx(0.02)
     out = mapping.resample(torch.zeros(GRID.Z, GRID.X), fill=-1.0)
     # A grid rotated by 30 degrees leaves the published square's corners uncovered.
     assert out[0, 0] == -1 and out[-1, -1] == -1 and out[50, 50] == 0

@@ -25,12 +25,13 @@ def test_own_format_round_trip(tmp_path):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10)
     images, pix, ref, _ = tiny_inputs()
     model.train()
-    model(images, pix, ref, generator=torch.Generator().manual_seed(0)).segmentation.mean().backward()
+    out = model(images, pix, ref, generator=torch.Generator().manual_seed(0))
+    out.segmentation.mean().backward()
     opt.step()
     sched.step()
     rng_at_save = torch.get_rng_state()
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, cfg, step=7, optimizer=opt, scheduler=sched,
-                           extra={"rng": rng_at_save})
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, cfg, step=7, optimizer=opt,
+                           scheduler=sched, extra={"rng": rng_at_save})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
 
     cfg2, model2 = _model(1)
@@ -48,7 +49,8 @@ def test_own_format_round_trip(tmp_path):
     assert torch.equal(loaded.extra["rng"], rng_at_save)
     model.eval(), model2.eval()
     with torch.no_grad():
-        assert torch.equal(model(images, pix, ref).segmentation, model2(images, pix, ref).segmentation)
+        assert torch.equal(model(images, pix, ref).segmentation,
+                           model2(images, pix, ref).segmentation)
 
 
 def test_upstream_format_file_and_directory_newest_step(tmp_path):
@@ -57,12 +59,14 @@ def test_upstream_format_file_and_directory_newest_step(tmp_path):
     run.mkdir()
     for step, seed in ((1000, 1), (25000, 2), (3000, 3)):
         _, m = _model(seed)
-        torch.save({"model_state_dict": m.state_dict(), "optimizer_state_dict": None}, run / f"model-{step:09d}.pth")
+        torch.save({"model_state_dict": m.state_dict(), "optimizer_state_dict": None},
+                   run / f"model-{step:09d}.pth")
     assert resolve_checkpoint(run).name == "model-000025000.pth"
     loaded = load_checkpoint(run, model)
     assert loaded.format == "upstream" and loaded.step == 25000 and loaded.config is None
     _, expected = _model(2)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
 
 
 def test_strict_loading_rejects_another_architecture(tmp_path):

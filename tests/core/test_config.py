@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from simplebev_core.config import (
-    DEFAULT_CONFIG_PATH, NODE_NAME, ConfigError, SimpleBevConfig, config_from_dict, config_to_dict, flatten_config,
-    load_config, parse_override,
+    DEFAULT_CONFIG_PATH, NODE_NAME, ConfigError, SimpleBevConfig, config_from_dict, config_to_dict,
+    flatten_config, load_config, parse_override,
 )
 
 
@@ -22,7 +22,8 @@ def test_defaults_are_upstream_headline_setting():
 
 
 def test_dotted_overrides_apply():
-    cfg = load_config(overrides={"model.encoder": "res50", "grid.voxels_zyx": [16, 2, 16], "grid.x_range_m": [-8, 8]})
+    cfg = load_config(overrides={"model.encoder": "res50", "grid.voxels_zyx": [16, 2, 16],
+                                 "grid.x_range_m": [-8, 8]})
     assert cfg.model.encoder == "res50"
     assert cfg.grid.voxels_zyx == (16, 2, 16)
     assert cfg.grid.x_range_m == (-8.0, 8.0) and isinstance(cfg.grid.x_range_m[0], float)
@@ -73,7 +74,8 @@ def test_shipped_yaml_writes_floats_as_floats():
         if isinstance(value, float):
             assert isinstance(literal, float), f"{key} must be written with a decimal point"
         if isinstance(value, list) and value and isinstance(value[0], float):
-            assert all(isinstance(v, float) for v in literal), f"{key} must be written with decimal points"
+            assert all(isinstance(v, float) for v in literal), (
+                f"{key} must be written with decimal points")
 
 
 def test_values_are_ros_parameter_types_and_round_trip():
@@ -81,7 +83,8 @@ def test_values_are_ros_parameter_types_and_round_trip():
     flat = flatten_config(cfg)
     for key, value in flat.items():
         if isinstance(value, list):
-            assert value and len({type(v) for v in value}) == 1, f"{key}: lists must be homogeneous and non-empty"
+            assert value and len({type(v) for v in value}) == 1, (
+                f"{key}: lists must be homogeneous and non-empty")
             value = value[0]
         assert type(value) in (bool, int, float, str), key
     assert config_from_dict(config_to_dict(cfg)) == cfg
@@ -91,7 +94,8 @@ def test_parse_override():
     assert parse_override("model.encoder=res50") == ("model.encoder", "res50")
     assert parse_override("grid.voxels_zyx=[8, 2, 8]") == ("grid.voxels_zyx", [8, 2, 8])
     assert parse_override("model.rand_flip=false") == ("model.rand_flip", False)
-    assert parse_override("train.lr=2e-3") == ("train.lr", 0.002)  # YAML 1.1 alone would give a string
+    # YAML 1.1 alone would give a string
+    assert parse_override("train.lr=2e-3") == ("train.lr", 0.002)
     assert parse_override("input.ref_camera=CAM_BACK") == ("input.ref_camera", "CAM_BACK")
     with pytest.raises(ConfigError):
         parse_override("model.encoder")

@@ -100,7 +100,8 @@ def assert_fused_matches(model: nn.Module, x: torch.Tensor, expected_fused: int)
         assert not any(isinstance(m, nn.BatchNorm2d) for m in lk.modules())
         convs = [m for m in lk.modules() if isinstance(m, nn.Conv2d)]
         assert len(convs) == 1 and convs[0].bias is not None
-        assert convs[0].groups == lk.channels and convs[0].kernel_size == (lk.kernel_size, lk.kernel_size)
+        assert convs[0].groups == lk.channels
+        assert convs[0].kernel_size == (lk.kernel_size, lk.kernel_size)
     # Idempotent: nothing left to fuse.
     assert reparameterize_model(model) == 0
 

@@ -8,8 +8,8 @@ import torch
 
 from simplebev_core.config import GridConfig
 from simplebev_core.geometry import (
-    apply_4x4, intrinsics_matrix, invert_rigid, matrix_to_quat_wxyz, pose_to_matrix, project_to_pixels,
-    quat_wxyz_to_matrix, scale_intrinsics,
+    apply_4x4, intrinsics_matrix, invert_rigid, matrix_to_quat_wxyz, pose_to_matrix,
+    project_to_pixels, quat_wxyz_to_matrix, scale_intrinsics,
 )
 from simplebev_core.voxel import VoxelGrid
 
@@ -34,7 +34,8 @@ def test_quaternion_matrix_round_trip_and_known_rotation():
     g = torch.Generator().manual_seed(1)
     q = random_quat(64, g)
     R = quat_wxyz_to_matrix(q)
-    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(64, 3, 3), atol=1e-12)
+    assert torch.allclose(R @ R.transpose(-1, -2),
+                          torch.eye(3, dtype=torch.float64).expand(64, 3, 3), atol=1e-12)
     assert torch.allclose(torch.linalg.det(R), torch.ones(64, dtype=torch.float64))
     q_back = matrix_to_quat_wxyz(R)
     q_pos = torch.where(q[:, :1] < 0, -q, q)
@@ -55,12 +56,14 @@ def test_known_point_projects_to_known_pixel():
 
 
 def test_scale_intrinsics_conventions():
-    K = intrinsics_matrix(800.0, 800.0, 799.5, 449.5)  # principal point at the centre of a 1600x900 image
+    # principal point at the centre of a 1600x900 image
+    K = intrinsics_matrix(800.0, 800.0, 799.5, 449.5)
     up = scale_intrinsics(K, 0.5, 0.5)
     exact = scale_intrinsics(K, 0.5, 0.5, half_pixel=True)
     assert up[0, 0] == exact[0, 0] == 400.0
     assert up[0, 2] == pytest.approx(399.75)  # upstream: centre drifts by a quarter pixel
-    assert exact[0, 2] == pytest.approx(399.5) and exact[1, 2] == pytest.approx(224.5)  # still the centre of 800x450
+    # still the centre of 800x450
+    assert exact[0, 2] == pytest.approx(399.5) and exact[1, 2] == pytest.approx(224.5)
 
 
 def test_voxel_grid_mem_ref_round_trip_and_centres():
@@ -69,9 +72,11 @@ def test_voxel_grid_mem_ref_round_trip_and_centres():
     assert centres.shape == (200 * 8 * 200, 3)
     # voxel (x=0, y=0, z=0) centre: min + half a voxel; flattened index = (z * Y + y) * X + x
     assert centres[0].tolist() == pytest.approx([-49.75, -3.375, -49.75])
-    assert centres[(3 * 8 + 4) * 200 + 7].tolist() == pytest.approx([-50 + 7.5 * 0.5, -4 + 4.5 * 1.25, -50 + 3.5 * 0.5])
+    assert centres[(3 * 8 + 4) * 200 + 7].tolist() == pytest.approx(
+        [-50 + 7.5 * 0.5, -4 + 4.5 * 1.25, -50 + 3.5 * 0.5])
     mem = grid.ref_to_mem(centres)
     assert torch.allclose(mem, grid.voxel_centers_mem(), atol=1e-4)
     assert bool(grid.inbounds_mem(mem).all())
     assert not bool(grid.inbounds_mem(torch.tensor([[-0.6, 0.0, 0.0], [0.0, 7.6, 0.0]])).any())
-    assert torch.allclose(grid.mem_T_ref(torch.float64) @ grid.ref_T_mem(torch.float64), torch.eye(4, dtype=torch.float64))
+    assert torch.allclose(grid.mem_T_ref(torch.float64) @ grid.ref_T_mem(torch.float64),
+                          torch.eye(4, dtype=torch.float64))

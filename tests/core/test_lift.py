@@ -6,7 +6,8 @@ import torch
 
 from simplebev_core.config import GridConfig
 from simplebev_core.geometry import apply_4x4, intrinsics_matrix, project_to_pixels
-from simplebev_core.lift import LiftTable, feature_projections, lift_fused, lift_reference, sample_voxels
+from simplebev_core.lift import (LiftTable, feature_projections, lift_fused, lift_reference,
+                                 sample_voxels)
 from simplebev_core.voxel import VoxelGrid
 
 from .rigs import nuscenes_like_rig, ref_T_cam_yaw
@@ -26,8 +27,10 @@ def test_one_hot_feature_pixel_lands_in_its_voxel_column(convention):
     feats = torch.zeros(1, 1, 1, Hf, Wf)
     feats[0, 0, 0, v, u] = 1.0
     # image size == feature size, so no intrinsics rescale happens
-    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cam, ref_T_cam, (Hf, Wf), (Hf, Wf), convention)
-    volume = lift_reference(feats, featpix_T_refs, cam_T_refs, grid, convention)[0, 0]  # (Z, Y, X)
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cam, ref_T_cam, (Hf, Wf), (Hf, Wf),
+                                                     convention)
+    # (Z, Y, X)
+    volume = lift_reference(feats, featpix_T_refs, cam_T_refs, grid, convention)[0, 0]
 
     xyz_ref = grid.voxel_centers_ref()
     xy, depth = project_to_pixels(featpix_T_refs[0, 0], xyz_ref)
@@ -36,8 +39,10 @@ def test_one_hot_feature_pixel_lands_in_its_voxel_column(convention):
     near = ((xy[:, 0] - u).abs() < 1) & ((xy[:, 1] - v).abs() < 1) & (depth > 0)
     lit = volume.reshape(-1) > 0
     assert lit.any()
-    assert torch.equal(lit, near & (volume.reshape(-1) > 0))  # nothing lit off the pixel's footprint
-    # the brightest voxels lie on the ray through the pixel: all in front, to the right and below centre
+    # nothing lit off the pixel's footprint
+    assert torch.equal(lit, near & (volume.reshape(-1) > 0))
+    # the brightest voxels lie on the ray through the pixel: all in front, to the right and below
+    # centre
     best = xyz_ref[volume.reshape(-1).argmax()]
     assert best[2] > 0 and best[0] > 0 and best[1] > 0
     # Where inside the footprint the map is read, to sub-pixel precision, is
@@ -72,8 +77,8 @@ def ramp_lift(convention: str, phase: float | None, image_hw=(96, 128), feat_hw=
     return read, expected, inside
 
 
-@pytest.mark.parametrize("convention, phase", [("upstream", None), ("exact", None), ("exact", -3.0),
-                                               ("exact", 0.0)])
+@pytest.mark.parametrize("convention, phase", [("upstream", None), ("exact", None),
+                                               ("exact", -3.0), ("exact", 0.0)])
 def test_features_are_read_where_the_convention_says_to_sub_pixel_precision(convention, phase):
     """Image pixel x (pixel-centre coordinates) is read at feature position
     - upstream: (x s) * Wf / (Wf - 1) - 0.5 with s = Wf / W (upstream's (W-1) normalisation
@@ -90,7 +95,8 @@ def test_features_are_read_where_the_convention_says_to_sub_pixel_precision(conv
 def test_pixel_conventions_are_told_apart():
     """The conventions disagree by more than a tenth of a feature pixel somewhere in view, so the
     1e-3 test above distinguishes them."""
-    reads = {key: ramp_lift(*key) for key in (("upstream", None), ("exact", None), ("exact", -3.0))}
+    reads = {key: ramp_lift(*key)
+             for key in (("upstream", None), ("exact", None), ("exact", -3.0))}
     inside = reads["upstream", None][2] & reads["exact", None][2] & reads["exact", -3.0][2]
     keys = list(reads)
     for i, a in enumerate(keys):
@@ -112,12 +118,14 @@ def test_model_lifts_exact_features_at_its_encoders_phase(encoder):
                                 torch.arange(Wf, dtype=torch.float32), indexing="ij")
     feats = torch.stack([cols, rows])[None, None]
     pix_T_cam = intrinsics_matrix(60.0, 60.0, 61.3, 47.2)[None, None]
-    overrides = {"model.encoder": encoder, "model.encoder_pretrained": False, "model.latent_dim": 2,
+    overrides = {"model.encoder": encoder, "model.encoder_pretrained": False,
+                 "model.latent_dim": 2,
                  "grid.x_range_m": [-10.0, 10.0], "grid.y_range_m": [-2.0, 2.0],
                  "grid.z_range_m": [-10.0, 10.0], "grid.centroid_m": [0.0, 0.0, 0.0],
                  "grid.voxels_zyx": [20, 4, 20], "input.cameras": ["CAM_FRONT"]}
     for convention in ("upstream", "exact"):
-        model = build_model(load_config(overrides={**overrides, "model.pixel_convention": convention}))
+        model = build_model(load_config(overrides={**overrides,
+                                                   "model.pixel_convention": convention}))
         got = model.lift(feats, pix_T_cam, torch.eye(4)[None, None], (H, W))[0].reshape(2, -1).T
         phase = encoder_phase_px(encoder) if convention == "exact" else None
         read, _, inside = ramp_lift(convention, phase, (H, W), (Hf, Wf))
@@ -141,7 +149,8 @@ def random_rig_inputs(seed: int, B: int = 2, C: int = 5, H: int = 48, W: int = 8
 def test_fused_and_table_lifts_equal_reference_on_random_rigs(convention, seed):
     grid = VoxelGrid(SMALL_GRID)
     feats, pix_T_cams, ref_T_cams, image_hw, feat_hw = random_rig_inputs(seed)
-    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw, convention)
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw,
+                                                     convention)
     reference = lift_reference(feats, featpix_T_refs, cam_T_refs, grid, convention)
     fused = lift_fused(feats, featpix_T_refs, cam_T_refs, grid, convention)
     assert torch.allclose(fused, reference, atol=1e-5, rtol=1e-5)
@@ -160,14 +169,18 @@ def test_single_camera_voxel_equals_that_cameras_sample():
     """Masked mean: where one camera sees a voxel, the lift is exactly that camera's sample."""
     grid = VoxelGrid(SMALL_GRID)
     feats, pix_T_cams, ref_T_cams, image_hw, feat_hw = random_rig_inputs(3, B=1)
-    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw, "exact")
-    fused = lift_fused(feats, featpix_T_refs, cam_T_refs, grid, "exact").reshape(1, feats.shape[2], -1)
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw,
+                                                     "exact")
+    fused = lift_fused(feats, featpix_T_refs, cam_T_refs, grid, "exact").reshape(
+        1, feats.shape[2], -1)
     table = LiftTable(pix_T_cams[0], ref_T_cams[0], image_hw, feat_hw, grid, "exact")
     single = table.count == 1
     for s in range(feats.shape[1]):
-        samples = sample_voxels(grid.voxel_centers_ref(), featpix_T_refs[:, s], cam_T_refs[:, s], feat_hw, "exact")
+        samples = sample_voxels(grid.voxel_centers_ref(), featpix_T_refs[:, s], cam_T_refs[:, s],
+                                feat_hw, "exact")
         own = single & samples.valid[0]
-        one = torch.nn.functional.grid_sample(feats[:, s], samples.grid_xy.unsqueeze(1), align_corners=False)[:, :, 0]
+        one = torch.nn.functional.grid_sample(feats[:, s], samples.grid_xy.unsqueeze(1),
+                                              align_corners=False)[:, :, 0]
         assert torch.allclose(fused[0][:, own], one[0][:, own], atol=1e-5)
 
 
@@ -175,7 +188,8 @@ def test_fused_lift_backpropagates_to_features():
     grid = VoxelGrid(SMALL_GRID)
     feats, pix_T_cams, ref_T_cams, image_hw, feat_hw = random_rig_inputs(4, B=1)
     feats.requires_grad_(True)
-    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw, "upstream")
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw,
+                                                     "upstream")
     lift_fused(feats, featpix_T_refs, cam_T_refs, grid).square().sum().backward()
     assert feats.grad is not None and feats.grad.abs().sum() > 0
 
@@ -196,12 +210,14 @@ def test_camera_behind_sees_nothing_in_front():
     pix_T_cams = intrinsics_matrix(40.0, 40.0, 40.0, 24.0)[None, None]
     ref_T_cams = ref_T_cam_yaw(180.0)[None, None]
     feats = torch.ones(1, 1, 2, 6, 10)
-    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, (48, 80), (6, 10), "exact")
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, (48, 80), (6, 10),
+                                                     "exact")
     volume = lift_fused(feats, featpix_T_refs, cam_T_refs, grid, "exact")  # (1, 2, Z, Y, X)
     z_ref = grid.voxel_centers_ref()[:, 2].reshape(grid.Z, grid.Y, grid.X)
     assert volume[0, 0][z_ref > 0].abs().max() == 0
     assert volume[0, 0][z_ref < -2].max() > 0
-    assert torch.allclose(apply_4x4(ref_T_cams[0], torch.tensor([[[0.0, 0.0, 1.0]]]))[0, 0], torch.tensor([0.0, 0.0, -1.0]), atol=1e-6)
+    optical_axis = apply_4x4(ref_T_cams[0], torch.tensor([[[0.0, 0.0, 1.0]]]))[0, 0]
+    assert torch.allclose(optical_axis, torch.tensor([0.0, 0.0, -1.0]), atol=1e-6)
 
 
 def test_fused_lift_samples_in_float32_for_low_precision_features():
@@ -210,7 +226,8 @@ def test_fused_lift_samples_in_float32_for_low_precision_features():
     grid = VoxelGrid(SMALL_GRID)
     feats, pix_T_cams, ref_T_cams, image_hw, feat_hw = random_rig_inputs(6, B=1)
     feats = feats.to(torch.bfloat16)
-    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw, "upstream")
+    featpix_T_refs, cam_T_refs = feature_projections(pix_T_cams, ref_T_cams, image_hw, feat_hw,
+                                                     "upstream")
     low = lift_fused(feats, featpix_T_refs, cam_T_refs, grid)
     high = lift_fused(feats.float(), featpix_T_refs, cam_T_refs, grid)
     assert low.dtype == torch.bfloat16

@@ -43,7 +43,8 @@ def tiny_inputs(B: int = 2, S: int = 2, radar: str = "none", seed: int = 0):
     if radar == "occupancy":
         radar_t = (torch.rand(B, 1, 16, 2, 16, generator=g) > 0.9).float()
     elif radar == "meta":
-        radar_t = torch.randn(B, 16, 16, 2, 16, generator=g) * (torch.rand(B, 1, 16, 2, 16, generator=g) > 0.9)
+        radar_t = (torch.randn(B, 16, 16, 2, 16, generator=g)
+                   * (torch.rand(B, 1, 16, 2, 16, generator=g) > 0.9))
     return images, pix_T_cams, ref_T_cams, radar_t
 
 
@@ -64,7 +65,8 @@ def test_forward_backward_every_encoder_and_radar_mode(encoder, radar):
             + out.offset.abs().mean() * torch.exp(-model.offset_weight) + model.offset_weight
             + out.features.mean())
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing[:5]}"
     for name in ("encoder", "bev_compressor.0.weight", "decoder.segmentation_head.3.weight"):
         grads = [p.grad.abs().sum() for n, p in model.named_parameters() if n.startswith(name)]
@@ -77,11 +79,14 @@ def test_upstream_parameter_count_and_state_dict_layout():
         model = build_model(cfg)
         assert sum(p.numel() for p in model.parameters()) == expected
     sd = model.state_dict()
-    assert "mean" not in sd and "std" not in sd  # normalisation constants are non-persistent buffers
-    for key in ("encoder.backbone.0.weight", "encoder.backbone.4.0.conv1.weight", "encoder.layer3.22.bn3.running_var",
-                "encoder.upsampling_layer.conv.3.weight", "encoder.depth_layer.bias", "bev_compressor.0.weight",
+    # normalisation constants are non-persistent buffers
+    assert "mean" not in sd and "std" not in sd
+    for key in ("encoder.backbone.0.weight", "encoder.backbone.4.0.conv1.weight",
+                "encoder.layer3.22.bn3.running_var", "encoder.upsampling_layer.conv.3.weight",
+                "encoder.depth_layer.bias", "bev_compressor.0.weight",
                 "decoder.first_conv.weight", "decoder.bn1.num_batches_tracked",
-                "decoder.up1_skip.upsample_layer.1.weight", "decoder.instance_center_head.3.bias", "ce_weight"):
+                "decoder.up1_skip.upsample_layer.1.weight", "decoder.instance_center_head.3.bias",
+                "ce_weight"):
         assert key in sd, key
     assert sd["bev_compressor.0.weight"].shape == (128, 128 * 8 + 16 * 8, 3, 3)
     assert sd["decoder.bn1.num_batches_tracked"].dtype == torch.int64
@@ -119,7 +124,8 @@ def test_point_lands_in_the_right_bev_quadrant(where):
     lit = base.clone()
     lit[..., max(v - 6, 0):v + 6, max(u - 6, 0):u + 6] = 1.0
     with torch.no_grad():
-        diff = (model(lit, pix[None], ref[None]).segmentation - model(base, pix[None], ref[None]).segmentation).abs()[0, 0]
+        diff = (model(lit, pix[None], ref[None]).segmentation
+                - model(base, pix[None], ref[None]).segmentation).abs()[0, 0]
     row, col = divmod(int(diff.argmax()), diff.shape[1])
     ahead, left = row >= 8, col < 8
     assert (ahead, left) == (z_ref > 0, x_ref < 0), f"strongest response at row {row}, col {col}"
@@ -128,7 +134,8 @@ def test_point_lands_in_the_right_bev_quadrant(where):
 def test_flip_plan_is_drawn_from_the_generator():
     a = draw_flips(3, 6, torch.Generator().manual_seed(7))
     b = draw_flips(3, 6, torch.Generator().manual_seed(7))
-    assert torch.equal(a.image, b.image) and torch.equal(a.bev_x, b.bev_x) and torch.equal(a.bev_z, b.bev_z)
+    assert (torch.equal(a.image, b.image) and torch.equal(a.bev_x, b.bev_x)
+            and torch.equal(a.bev_z, b.bev_z))
     assert a.image.shape == (18,) and a.bev_x.shape == (3,)
 
 
@@ -201,7 +208,8 @@ def test_flips_act_exactly_on_images_volume_radar_and_heads():
             expected = expected.flip(-2)
             for c in META_VELOCITY_Z_CHANNELS:
                 sign[C * Y + c * Y:C * Y + (c + 1) * Y] = -1.0
-        assert torch.equal(after["bev"][b], expected * sign[:, None, None]), f"compressor input {b}"
+        assert torch.equal(after["bev"][b], expected * sign[:, None, None]), (
+            f"compressor input {b}")
         trunk = after["trunk"][b].flip(-1)
         trunk = trunk.flip(-2) if plan.bev_z[b] else trunk
         assert torch.equal(after["heads"][b], trunk), f"head input {b} not flipped back"
@@ -212,7 +220,8 @@ def test_flips_act_exactly_on_images_volume_radar_and_heads():
         a, b = getattr(plain, field), getattr(flipped, field)
         assert torch.equal(a[0], b[0]), f"{field}: un-flipped item changed"
         for item in (1, 2, 3):
-            assert not torch.allclose(a[item], b[item], atol=1e-4), f"{field}: item {item} unchanged"
+            assert not torch.allclose(a[item], b[item], atol=1e-4), (
+                f"{field}: item {item} unchanged")
 
 
 def test_flips_only_in_training_mode():
@@ -223,8 +232,10 @@ def test_flips_only_in_training_mode():
         a = model(images, pix, ref, generator=torch.Generator().manual_seed(1))
         b = model(images, pix, ref, generator=torch.Generator().manual_seed(2))
         c = model(images, pix, ref, flips=draw_flips(2, 2, torch.Generator().manual_seed(3)))
-    assert torch.equal(a.segmentation, b.segmentation) and torch.equal(a.segmentation, c.segmentation)
-    assert not any(isinstance(v, (torch.Tensor, FlipPlan)) and k.startswith(("rgb_flip", "bev_flip"))
+    assert torch.equal(a.segmentation, b.segmentation)
+    assert torch.equal(a.segmentation, c.segmentation)
+    assert not any(isinstance(v, (torch.Tensor, FlipPlan))
+                   and k.startswith(("rgb_flip", "bev_flip"))
                    for k, v in vars(model).items())
 
 
@@ -250,7 +261,8 @@ def test_lift_table_gives_the_same_output_and_rejects_other_rigs():
     (lambda a: a.update(ref_T_cams=a["ref_T_cams"][:1]), "ref_T_cams"),
     (lambda a: a["images"].__setitem__((0, 0, 0, 0, 0), float("nan")), "NaN"),
     (lambda a: a.update(radar=torch.zeros(2, 16, 16, 2, 16)), "radar"),
-    (lambda a: a.update(images=a["images"][..., :16, :16], pix_T_cams=a["pix_T_cams"]), "at least 32"),
+    (lambda a: a.update(images=a["images"][..., :16, :16], pix_T_cams=a["pix_T_cams"]),
+     "at least 32"),
 ])
 def test_input_validation_names_the_tensor(mutate, message):
     model = build_model(tiny_cfg()).eval()

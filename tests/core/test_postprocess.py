@@ -11,12 +11,14 @@ Z, X = 32, 40
 
 
 def blob(center_zx, sigma=2.0):
-    r, c = torch.meshgrid(torch.arange(Z, dtype=torch.float32), torch.arange(X, dtype=torch.float32), indexing="ij")
+    r, c = torch.meshgrid(torch.arange(Z, dtype=torch.float32),
+                          torch.arange(X, dtype=torch.float32), indexing="ij")
     return torch.exp(-((r - center_zx[0]) ** 2 + (c - center_zx[1]) ** 2) / (2 * sigma ** 2))
 
 
 def scene(boxes):
-    """boxes: list of (row0, row1, col0, col1). Returns seg logits, heatmap, upstream-style offsets."""
+    """boxes: list of (row0, row1, col0, col1). Returns seg logits, heatmap, upstream-style
+    offsets."""
     seg = torch.full((1, Z, X), -5.0)
     heat = torch.zeros(1, Z, X)
     offset = torch.zeros(2, Z, X)
@@ -24,9 +26,10 @@ def scene(boxes):
         seg[0, r0:r1, c0:c1] = 5.0
         cz, cx = (r0 + r1 - 1) / 2, (c0 + c1 - 1) / 2
         heat[0] = torch.maximum(heat[0], blob((cz, cx)))
-        rr, cc = torch.meshgrid(torch.arange(r0, r1, dtype=torch.float32), torch.arange(c0, c1, dtype=torch.float32),
-                                indexing="ij")
-        offset[0, r0:r1, c0:c1] = 2 * (cc - cx)  # upstream's doubled (cell - centre), x channel first
+        rr, cc = torch.meshgrid(torch.arange(r0, r1, dtype=torch.float32),
+                                torch.arange(c0, c1, dtype=torch.float32), indexing="ij")
+        # upstream's doubled (cell - centre), x channel first
+        offset[0, r0:r1, c0:c1] = 2 * (cc - cx)
         offset[1, r0:r1, c0:c1] = 2 * (rr - cz)
     return seg, heat, offset
 
@@ -37,7 +40,8 @@ def test_two_vehicles_are_separated_and_located():
     inst = extract_instances(seg, heat, offset, PostprocessConfig())
     assert len(inst) == 2
     centres = sorted(inst.centers_zx.tolist())
-    assert centres[0] == pytest.approx([6.0, 6.0], abs=0.6) and centres[1] == pytest.approx([23.0, 29.5], abs=0.6)
+    assert centres[0] == pytest.approx([6.0, 6.0], abs=0.6)
+    assert centres[1] == pytest.approx([23.0, 29.5], abs=0.6)
     for r0, r1, c0, c1 in boxes:
         ids = inst.ids[r0:r1, c0:c1].unique()
         assert len(ids) == 1 and ids.item() > 0  # every cell of a box belongs to one instance
@@ -61,13 +65,14 @@ def test_thresholds_and_min_pixels():
     assert len(inst) == 1 and (inst.ids[20, 28:30] == 0).all()
     nothing = extract_instances(seg, heat * 0.1, offset, PostprocessConfig(center_threshold=0.3))
     assert len(nothing) == 0 and (nothing.ids == 0).all()
-    assert occupancy(torch.tensor([0.0, 0.01, -0.01])).tolist() == [False, True, False]  # p > 0.5, as upstream
+    # p > 0.5, as upstream
+    assert occupancy(torch.tensor([0.0, 0.01, -0.01])).tolist() == [False, True, False]
 
 
 def test_batch_and_shape_errors():
     seg, heat, offset = scene([(4, 9, 5, 8)])
-    out = extract_batch(seg[None].repeat(2, 1, 1, 1), heat[None].repeat(2, 1, 1, 1), offset[None].repeat(2, 1, 1, 1),
-                        PostprocessConfig())
+    out = extract_batch(seg[None].repeat(2, 1, 1, 1), heat[None].repeat(2, 1, 1, 1),
+                        offset[None].repeat(2, 1, 1, 1), PostprocessConfig())
     assert [len(i) for i in out] == [1, 1]
     with pytest.raises(ValueError, match="offset"):
         extract_instances(seg, heat, offset[:1], PostprocessConfig())

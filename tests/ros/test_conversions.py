@@ -96,7 +96,8 @@ def camera_info(k, w=1600, h=900, d=(0.0,) * 5):
 
 
 def test_camera_info_to_intrinsics():
-    intr = conv.camera_info_to_intrinsics(camera_info([1266.4, 0, 816.3, 0, 1266.4, 491.5, 0, 0, 1]))
+    intr = conv.camera_info_to_intrinsics(
+        camera_info([1266.4, 0, 816.3, 0, 1266.4, 491.5, 0, 0, 1]))
     assert intr.raw_hw == (900, 1600) and intr.frame_id == "CAM_FRONT" and not intr.has_distortion
     K = intr.pix_T_cam
     assert K[0, 0] == pytest.approx(1266.4) and K[1, 2] == pytest.approx(491.5) and K[3, 3] == 1
@@ -115,7 +116,8 @@ def cloud_msg(points: np.ndarray, bigendian=False, dense=True, pad=0) -> PointCl
                          count=1) for n in dt.names]
     step = dt.itemsize + pad
     data = np.zeros((len(points), step), np.uint8)
-    data[:, :dt.itemsize] = np.ascontiguousarray(points.astype(dt)).view(np.uint8).reshape(len(points), -1)
+    packed = np.ascontiguousarray(points.astype(dt)).view(np.uint8)
+    data[:, :dt.itemsize] = packed.reshape(len(points), -1)
     return PointCloud2(height=1, width=len(points), fields=fields, is_bigendian=bigendian,
                        point_step=step, row_step=step * len(points), data=data.tobytes(),
                        is_dense=dense)
@@ -136,7 +138,8 @@ def test_nuscenes_radar_layout_is_43_bytes_and_reads_all_fields():
         arr = conv.pointcloud2_to_array(cloud_msg(pts, bigendian=bigendian, pad=5))
         out, has_meta = conv.radar_points(arr)
         assert has_meta and out.shape == (4, 18) and out.dtype == np.float32
-        assert np.array_equal(out, (np.arange(4)[:, None] + np.arange(18)[None]).astype(np.float32))
+        expected = (np.arange(4)[:, None] + np.arange(18)[None]).astype(np.float32)
+        assert np.array_equal(out, expected)
 
 
 def test_plain_xyz_clouds_any_datatype_and_non_finite_points():
@@ -148,7 +151,8 @@ def test_plain_xyz_clouds_any_datatype_and_non_finite_points():
     pts["y"][1] = np.nan
     with pytest.raises(NonFiniteError, match="NaN"):
         conv.radar_points(conv.pointcloud2_to_array(cloud_msg(pts)), is_dense=True)
-    out, _ = conv.radar_points(conv.pointcloud2_to_array(cloud_msg(pts, dense=False)), is_dense=False)
+    out, _ = conv.radar_points(conv.pointcloud2_to_array(cloud_msg(pts, dense=False)),
+                               is_dense=False)
     assert len(out) == 2
     msg = cloud_msg(pts)
     msg.data = msg.data[:-1]
@@ -174,7 +178,8 @@ def test_occupancy_grid_message():
     assert values.tolist() == [[0, 50, 100], [-1, 70, 90]]
     grid = BaseGrid(0.5, width=3, height=2, origin_xy=(-0.75, -0.5))
     msg = conv.occupancy_grid(values, grid, "base_link", 12_500_000_000)
-    assert msg.header.frame_id == "base_link" and conv.stamp_to_ns(msg.header.stamp) == 12_500_000_000
+    assert msg.header.frame_id == "base_link"
+    assert conv.stamp_to_ns(msg.header.stamp) == 12_500_000_000
     assert (msg.info.width, msg.info.height, msg.info.resolution) == (3, 2, 0.5)
     assert (msg.info.origin.position.x, msg.info.origin.position.y) == (-0.75, -0.5)
     assert msg.info.origin.orientation.w == 1.0
@@ -182,7 +187,8 @@ def test_occupancy_grid_message():
 
 
 def test_instances_markers_image_and_diagnostics():
-    insts = [conv.InstanceOut((10.0, 2.0, 0.0), 0.9, 12), conv.InstanceOut((-5.0, -1.0, 0.0), 0.4, 3)]
+    insts = [conv.InstanceOut((10.0, 2.0, 0.0), 0.9, 12),
+             conv.InstanceOut((-5.0, -1.0, 0.0), 0.4, 3)]
     msg = conv.bev_instances(insts, "base_link", 5)
     assert [i.id for i in msg.instances] == [1, 2] and msg.instances[0].center.x == 10.0
     assert msg.instances[1].cell_count == 3 and not msg.instances[0].has_velocity

@@ -42,7 +42,8 @@ def scene_messages(nusc, dataroot, sample_token):
         channel = nusc.get("sensor", channel)["channel"]
         stamp_ns = int(sd["timestamp"]) * 1000
         dynamic.append(bm.ego_pose_tf(nusc.get("ego_pose", sd["ego_pose_token"]), stamp_ns))
-        static.append(bm.sensor_tf(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"]), channel))
+        calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        static.append(bm.sensor_tf(calib, channel))
         if channel in radar:
             points = read_radar_pcd(dataroot / sd["filename"])
             cloud = np.zeros(len(points), RADAR_DTYPE)
@@ -56,8 +57,10 @@ def scene_messages(nusc, dataroot, sample_token):
             continue
         calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         stamp_ns = int(sd["timestamp"]) * 1000
-        infos[channel] = bm.camera_info(calib["camera_intrinsic"], sd["width"], sd["height"], channel, stamp_ns)
-        images[channel] = bm.compressed_image((dataroot / sd["filename"]).read_bytes(), channel, stamp_ns)
+        infos[channel] = bm.camera_info(calib["camera_intrinsic"], sd["width"], sd["height"],
+                                        channel, stamp_ns)
+        images[channel] = bm.compressed_image((dataroot / sd["filename"]).read_bytes(), channel,
+                                              stamp_ns)
     for clouds in radar.values():
         clouds.sort(key=lambda m: stamp_to_ns(m.header.stamp))
     return bm.tf_message(static), dynamic, infos, images, radar

@@ -49,10 +49,13 @@ def stand_ins() -> dict[str, types.ModuleType]:
         "launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions",
         "launch_ros.parameter_descriptions")}
     modules["launch"].LaunchDescription = lambda entities=(): list(entities)
-    modules["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument", (Recorder,), {})
-    modules["launch.substitutions"].LaunchConfiguration = type("LaunchConfiguration", (Recorder,), {})
+    modules["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument",
+                                                           (Recorder,), {})
+    modules["launch.substitutions"].LaunchConfiguration = type("LaunchConfiguration",
+                                                               (Recorder,), {})
     modules["launch_ros.actions"].Node = type("Node", (Recorder,), {})
-    modules["launch_ros.parameter_descriptions"].ParameterValue = type("ParameterValue", (Recorder,), {})
+    modules["launch_ros.parameter_descriptions"].ParameterValue = type("ParameterValue",
+                                                                       (Recorder,), {})
     return modules
 
 
@@ -63,7 +66,8 @@ def resolve(value, launch_args: dict[str, str]):
         return launch_args[value.args[0]]
     if kind == "ParameterValue":
         text = resolve(value.args[0], launch_args)
-        return {str: str, bool: lambda t: yaml.safe_load(t) is True}[value.kwargs["value_type"]](text)
+        convert = {str: str, bool: lambda t: yaml.safe_load(t) is True}
+        return convert[value.kwargs["value_type"]](text)
     return value
 
 

@@ -48,7 +48,8 @@ def test_torch_and_onnxruntime_backends_give_the_same_grids(synthetic_dataroot, 
     base = {**TINY, "input.camera_poses": "static", "node.export_cache_dir": str(tmp_path)}
     torch.manual_seed(0)
     model = build_model(load_config(overrides=base)).eval()
-    token = NuScenesBev(load_config(overrides=base), dataroot, version, "train", train=False).tokens[0]
+    token = NuScenesBev(load_config(overrides=base), dataroot, version, "train",
+                        train=False).tokens[0]
     results = {kind: run_pipeline(load_config(overrides={**base, "node.backend": kind}), model,
                                   dataroot, version, token) for kind in ("torch", "onnxruntime")}
     a, b = results["torch"], results["onnxruntime"]

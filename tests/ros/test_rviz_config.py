@@ -35,4 +35,5 @@ def test_rviz_config_topics_exist_and_cover_the_outputs():
     assert named <= published | layout, named - published - layout
     assert {n.occupancy_topic, n.markers_topic, n.bev_image_topic} <= named
     assert {n.camera_image_topic(c) for c in cfg.input.cameras} <= named
-    assert doc["Visualization Manager"]["Global Options"]["Fixed Frame"] == n.base_frame == "base_link"
+    fixed_frame = doc["Visualization Manager"]["Global Options"]["Fixed Frame"]
+    assert fixed_frame == n.base_frame == "base_link"

@@ -31,7 +31,8 @@ def matrix(xyz, yaw=0.0, axis=(0.0, 0.0, 1.0)):
 
 def nuscenes_tree():
     buf = TfBuffer(cache_s=10.0, tolerance_s=0.05)
-    buf.add("base_link", "CAM_FRONT", 0, tf((1.7, 0.0, 1.5), -math.pi / 2, (1.0, 0.0, 0.0)), static=True)
+    buf.add("base_link", "CAM_FRONT", 0, tf((1.7, 0.0, 1.5), -math.pi / 2, (1.0, 0.0, 0.0)),
+            static=True)
     buf.add("map", "base_link", 1 * S, tf((100.0, 50.0, 0.0), 0.0), static=False)
     buf.add("map", "base_link", 2 * S, tf((110.0, 50.0, 0.0), math.pi / 2), static=False)
     return buf
@@ -43,7 +44,8 @@ def test_chain_lookup_through_the_tree_and_exact_stored_values():
     expected = matrix((100.0, 50.0, 0.0)) @ matrix((1.7, 0.0, 1.5), -math.pi / 2, (1.0, 0.0, 0.0))
     assert torch.allclose(map_T_cam, expected, atol=1e-12)
     # A single edge at a stored stamp is returned exactly (bit for bit).
-    assert torch.equal(buf.lookup("map", "base_link", 2 * S), matrix((110.0, 50.0, 0.0), math.pi / 2))
+    assert torch.equal(buf.lookup("map", "base_link", 2 * S),
+                       matrix((110.0, 50.0, 0.0), math.pi / 2))
     # The inverse direction.
     cam_T_map = buf.lookup("CAM_FRONT", "map", 1 * S)
     assert torch.allclose(cam_T_map @ map_T_cam, torch.eye(4, dtype=torch.float64), atol=1e-12)
@@ -70,7 +72,8 @@ def test_tf2_errors_unknown_disconnected_and_extrapolation():
     with pytest.raises(ExtrapolationException, match="past"):
         buf.lookup("map", "CAM_FRONT", int(0.9 * S))
     # Within the 50 ms tolerance the nearest transform is used.
-    assert torch.equal(buf.lookup("map", "base_link", int(2.04 * S)), buf.lookup("map", "base_link", 2 * S))
+    assert torch.equal(buf.lookup("map", "base_link", int(2.04 * S)),
+                       buf.lookup("map", "base_link", 2 * S))
     assert buf.can_transform("map", "CAM_FRONT", int(1.5 * S))
     assert not buf.can_transform("map", "CAM_FRONT", 3 * S)
 
@@ -96,7 +99,8 @@ def test_random_chain_equals_the_product_composed_by_hand():
     mats = {}
     for parent, child in list(zip(frames, frames[1:])) + [("f2", "g")]:
         xyz = (torch.rand(3, generator=gen) * 10 - 5).tolist()
-        axis = torch.nn.functional.normalize(torch.randn(3, generator=gen, dtype=torch.float64), dim=0)
+        axis = torch.nn.functional.normalize(torch.randn(3, generator=gen, dtype=torch.float64),
+                                             dim=0)
         yaw = float(torch.rand(1, generator=gen)) * 6.0
         static = child in ("f1", "f3", "g")
         buf.add(parent, child, 7 * S, tf(xyz, yaw, tuple(axis.tolist())), static=static)

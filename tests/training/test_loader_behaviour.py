@@ -11,7 +11,7 @@ import torch
 
 from simplebev_core.checkpoint import read_checkpoint
 from simplebev_core.config import load_config
-from simplebev_core.geometry import invert_rigid, pose_to_matrix
+from simplebev_core.geometry import pose_to_matrix
 from simplebev_core.model import build_model
 from simplebev_core.sample import collate
 from simplebev_core.voxel import VoxelGrid

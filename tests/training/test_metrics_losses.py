@@ -29,12 +29,14 @@ def maps(mask: list[list[int]]) -> torch.Tensor:
 def test_iou_is_dataset_level_and_respects_valid():
     acc = IouAccumulator(GRID)
     # sample 1: pred 2 cells, gt 2 cells, overlap 1 -> I 1, U 3
-    acc.update(logits([[1, 1, 0, 0], [0] * 4, [0] * 4, [0] * 4]), maps([[0, 1, 1, 0], [0] * 4, [0] * 4, [0] * 4]),
+    acc.update(logits([[1, 1, 0, 0], [0] * 4, [0] * 4, [0] * 4]),
+               maps([[0, 1, 1, 0], [0] * 4, [0] * 4, [0] * 4]),
                torch.ones(1, 1, 4, 4))
     # sample 2: perfect on 1 cell; an ignored false positive at (3, 3)
     valid = torch.ones(1, 1, 4, 4)
     valid[0, 0, 3, 3] = 0
-    acc.update(logits([[0] * 4, [0, 1, 0, 0], [0] * 4, [0, 0, 0, 1]]), maps([[0] * 4, [0, 1, 0, 0], [0] * 4, [0] * 4]),
+    acc.update(logits([[0] * 4, [0, 1, 0, 0], [0] * 4, [0, 0, 0, 1]]),
+               maps([[0] * 4, [0, 1, 0, 0], [0] * 4, [0] * 4]),
                valid)
     assert acc.samples == 2
     assert acc.iou == pytest.approx((1 + 1) / (3 + 1))  # not the mean of per-sample IoUs (0.667)
@@ -45,7 +47,8 @@ def test_iou_is_dataset_level_and_respects_valid():
 
 def test_threshold_is_strictly_greater_than_half():
     acc = IouAccumulator(GRID)
-    acc.update(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), torch.ones(1, 1, 4, 4))  # p = 0.5 -> negative
+    # p = 0.5 -> negative
+    acc.update(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), torch.ones(1, 1, 4, 4))
     assert acc.iou == 0.0
 
 
@@ -91,7 +94,9 @@ def test_losses_mask_and_weights():
     w = torch.tensor(0.5)
     terms = simplebev_loss(out, t, w, w, w)
     assert float(terms.offset) == pytest.approx(2.0, rel=1e-5)
-    expected = 10 * float(terms.ce) * math.exp(-0.5) + 0.25 + 0.25 + 2.0 * math.exp(-0.5) / 2 + 0.25
+    expected = (10 * float(terms.ce) * math.exp(-0.5) + 0.25 + 0.25
+                + 2.0 * math.exp(-0.5) / 2 + 0.25)
     assert float(terms.total) == pytest.approx(expected, rel=1e-5)
     # balanced MSE: halves over positives and negatives
-    assert float(balanced_mse(torch.zeros(1, 1, Z, X), center, torch.ones(1, 1, Z, X))) == pytest.approx(0.5, rel=1e-5)
+    mse = balanced_mse(torch.zeros(1, 1, Z, X), center, torch.ones(1, 1, Z, X))
+    assert float(mse) == pytest.approx(0.5, rel=1e-5)

@@ -18,8 +18,8 @@ from training.radar_io import DataFileError
 pytest.importorskip("nuscenes", reason="the loader is built on the nuScenes devkit")
 
 OVERRIDES = {"grid.voxels_zyx": [100, 4, 100], "input.image_height": 112, "input.image_width": 200,
-             "model.pixel_convention": "exact", "model.radar": "meta", "model.encoder": "camencode",
-             "model.encoder_pretrained": False}
+             "model.pixel_convention": "exact", "model.radar": "meta",
+             "model.encoder": "camencode", "model.encoder_pretrained": False}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,10 @@ def test_samples_are_valid_and_eval_uses_cam_front(train_set, synthetic_dataroot
 
 
 def test_augmented_geometry_and_targets_agree_with_rendered_pixels(train_set, synthetic_dataroot):
-    """For vehicles clearly visible in a camera, the centre cell of the BEV targets, lifted to 3D in
-    the (random) reference frame and projected with the Sample's own ref_T_cams and pix_T_cams,
-    lands on the vehicle's pixels of the rendered instance mask, after the random resize-crop."""
+    """For vehicles clearly visible in a camera, the centre cell of the BEV targets, lifted to 3D
+    in the (random) reference frame and projected with the Sample's own ref_T_cams and
+    pix_T_cams, lands on the vehicle's pixels of the rendered instance mask, after the random
+    resize-crop."""
     dataroot, _ = synthetic_dataroot
     labels = json.loads((dataroot / "synthetic_labels" / "labels.json").read_text())
     nusc, grid = train_set.nusc, train_set.grid
@@ -64,13 +65,15 @@ def test_augmented_geometry_and_targets_agree_with_rendered_pixels(train_set, sy
             for k in range(len(rec.boxes)):
                 if not rec.boxes.visible[k]:
                     continue
-                xyz_ref = apply_4x4(ref_T_ego, torch.from_numpy(rec.boxes.center_ego[k:k + 1]).float())
+                center_ego = torch.from_numpy(rec.boxes.center_ego[k:k + 1]).float()
+                xyz_ref = apply_4x4(ref_T_ego, center_ego)
                 mem = grid.ref_to_mem(xyz_ref)[0]
                 col, row = int(mem[0].round()), int(mem[2].round())
                 if not (0 <= col < grid.X and 0 <= row < grid.Z):
                     continue
-                # The target agrees: a centre peak (sigma 3 cells -> > 0.9 within 1 cell) and a footprint
-                # cell next to it (a thin box, e.g. a bicycle, need not cover its own centre cell).
+                # The target agrees: a centre peak (sigma 3 cells -> > 0.9 within 1 cell) and a
+                # footprint cell next to it (a thin box, e.g. a bicycle, need not cover its own
+                # centre cell).
                 near = s.targets.seg[0, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2]
                 assert near.max() == 1 and s.targets.center[0, row, col] > 0.9
                 for cam in range(6):
@@ -88,13 +91,15 @@ def test_augmented_geometry_and_targets_agree_with_rendered_pixels(train_set, sy
                     ur = ((u + rc.left + 0.5) * raw_w / rc.resized_hw[1] - 0.5 + 0.5) * scale - 0.5
                     vr = ((v + rc.top + 0.5) * raw_h / rc.resized_hw[0] - 0.5 + 0.5) * scale - 0.5
                     sd_token = sample["data"][train_set.cfg.input.cameras[cam]]
-                    mask = cv2.imread(str(dataroot / labels["masks"][sd_token]), cv2.IMREAD_UNCHANGED)
+                    mask = cv2.imread(str(dataroot / labels["masks"][sd_token]),
+                                      cv2.IMREAD_UNCHANGED)
                     mu, mv = int(round(ur)), int(round(vr))
                     patch = mask[max(mv - 2, 0):mv + 3, max(mu - 2, 0):mu + 3]
                     checked += 1
                     hits += bool(np.isin(patch, list(vehicle_values)).any())
     assert checked >= 10, f"too few visible vehicles checked ({checked})"
-    assert hits / checked >= 0.9, f"only {hits}/{checked} projected vehicle centres on vehicle pixels"
+    assert hits / checked >= 0.9, (
+        f"only {hits}/{checked} projected vehicle centres on vehicle pixels")
 
 
 def test_missing_and_corrupt_files_are_named(train_set, synthetic_dataroot, tmp_path):

@@ -25,16 +25,18 @@ from training.radar_io import DataFileError  # noqa: E402
 
 OVERRIDES = {"grid.voxels_zyx": [50, 2, 50], "grid.x_range_m": [-25.0, 25.0],
              "grid.z_range_m": [-25.0, 25.0]}
-CAMERAS = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
-RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT", "RADAR_BACK_RIGHT")
+CAMERAS = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT",
+           "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
+RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT",
+          "RADAR_BACK_LEFT", "RADAR_BACK_RIGHT")
 
 
 @pytest.fixture(scope="module")
 def bag(synthetic_dataroot, tmp_path_factory):
     dataroot, version = synthetic_dataroot
     cfg = load_config(overrides=OVERRIDES)
-    return convert(dataroot, version, ["scene-0061"], tmp_path_factory.mktemp("bags") / "b", "mcap",
-                   cfg, progress=False), cfg
+    return convert(dataroot, version, ["scene-0061"], tmp_path_factory.mktemp("bags") / "b",
+                   "mcap", cfg, progress=False), cfg
 
 
 def read_all(path):
@@ -52,13 +54,20 @@ def test_layout_stamps_and_bytes(bag, synthetic_dataroot):
     counts = Counter(topic for topic, *_ in messages)
     nusc = NuScenesBev(cfg, dataroot, version, "train", train=False).nusc
     scene = next(s for s in nusc.scene if s["name"] == "scene-0061")
-    sds = [sd for sd in nusc.sample_data if nusc.get("sample", sd["sample_token"])["scene_token"] == scene["token"]]
-    by_channel = Counter(nusc.get("sensor", nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["sensor_token"])["channel"]
-                         for sd in sds)
+    sds = [sd for sd in nusc.sample_data
+           if nusc.get("sample", sd["sample_token"])["scene_token"] == scene["token"]]
+
+    def channel_of(sd: dict) -> str:
+        calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        return nusc.get("sensor", calib["sensor_token"])["channel"]
+
+    by_channel = Counter(channel_of(sd) for sd in sds)
     for cam in CAMERAS:
-        assert counts[f"/{cam}/image_rect_compressed"] == counts[f"/{cam}/camera_info"] == by_channel[cam]
+        assert (counts[f"/{cam}/image_rect_compressed"] == counts[f"/{cam}/camera_info"]
+                == by_channel[cam])
     for radar in RADARS:
-        assert counts[f"/{radar}"] == by_channel[radar] > by_channel["CAM_FRONT"]  # sweeps, not only keyframes
+        # sweeps, not only keyframes
+        assert counts[f"/{radar}"] == by_channel[radar] > by_channel["CAM_FRONT"]
     assert counts["/LIDAR_TOP"] == by_channel["LIDAR_TOP"]
     assert counts["/tf_static"] == 1 and counts["/tf"] == len(sds) and counts["/clock"] > 0
     assert counts[GT_TOPIC] == counts["/markers/annotations"] == scene["nbr_samples"]
@@ -68,7 +77,8 @@ def test_layout_stamps_and_bytes(bag, synthetic_dataroot):
         if topic.endswith("/image_rect_compressed"):
             sd = files[t]
             assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == t
-            assert msg.format == "jpeg" and bytes(msg.data) == (dataroot / sd["filename"]).read_bytes()
+            assert msg.format == "jpeg"
+            assert bytes(msg.data) == (dataroot / sd["filename"]).read_bytes()
         if topic == "/RADAR_FRONT":
             assert msg.point_step == 43 and len(msg.fields) == 18
 
@@ -81,7 +91,8 @@ def test_tf_tree_matches_the_devkit_poses(bag, synthetic_dataroot):
         if topic in ("/tf", "/tf_static"):
             tf.add_message(msg, static=topic == "/tf_static")
     nusc = NuScenesBev(cfg, dataroot, version, "train", train=False).nusc
-    sample = nusc.get("sample", next(s for s in nusc.scene if s["name"] == "scene-0061")["first_sample_token"])
+    scene = next(s for s in nusc.scene if s["name"] == "scene-0061")
+    sample = nusc.get("sample", scene["first_sample_token"])
     sd = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
     ego = nusc.get("ego_pose", sd["ego_pose_token"])
     cal = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
@@ -101,14 +112,17 @@ def test_ground_truth_equals_the_training_targets(bag, synthetic_dataroot):
     for index, token in enumerate(dataset.tokens):
         rec = dataset.record(token)
         targets = dataset[index].targets
-        sd = dataset.nusc.get("sample_data", dataset.nusc.get("sample", token)["data"]["CAM_FRONT"])
+        sample = dataset.nusc.get("sample", token)
+        sd = dataset.nusc.get("sample_data", sample["data"]["CAM_FRONT"])
         cal = dataset.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        mapping = BevToBase(dataset.grid, pose_to_matrix(torch.tensor(cal["translation"], dtype=torch.float64),
-                                                         torch.tensor(cal["rotation"], dtype=torch.float64)))
+        base_T_cam = pose_to_matrix(torch.tensor(cal["translation"], dtype=torch.float64),
+                                    torch.tensor(cal["rotation"], dtype=torch.float64))
+        mapping = BevToBase(dataset.grid, base_T_cam)
         msg = gts[rec.stamp_ns]
         values = np.asarray(msg.data, np.int8).reshape(msg.info.height, msg.info.width)
         seg = mapping.resample(targets.seg[0], fill=0.0).numpy() > 0
-        ignored = mapping.resample((targets.seg[0] > 0) & (targets.valid[0] == 0), fill=0.0).numpy() > 0
+        ignored = mapping.resample((targets.seg[0] > 0) & (targets.valid[0] == 0),
+                                   fill=0.0).numpy() > 0
         assert np.array_equal(values == GT_VEHICLE, seg & ~ignored)
         assert np.array_equal(values == GT_IGNORED, ignored)
         assert seg.sum() > 0 and msg.header.frame_id == "base_link"
@@ -135,5 +149,6 @@ def test_errors_name_the_scene_or_file(synthetic_dataroot, tmp_path, capsys):
     dataroot, version = synthetic_dataroot
     with pytest.raises(DataFileError, match="scene-9999"):
         convert(dataroot, version, ["scene-9999"], tmp_path / "x", progress=False)
-    code = main(["--dataroot", str(tmp_path / "nowhere"), "--scene", "scene-0061", "--out", str(tmp_path / "y")])
+    code = main(["--dataroot", str(tmp_path / "nowhere"), "--scene", "scene-0061",
+                 "--out", str(tmp_path / "y")])
     assert code == 2 and "not found" in capsys.readouterr().err

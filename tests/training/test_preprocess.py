@@ -20,12 +20,14 @@ from simplebev_core.sample import Sample, Targets, collate
 from simplebev_core.voxel import VoxelGrid
 
 # Optical frame axes in ego: x_cam = -y_ego, y_cam = -z_ego, z_cam = x_ego (a forward camera).
-EGO_R_FWD = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+EGO_R_FWD = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]],
+                         dtype=torch.float64)
 
 
 def ego_T_cam(yaw_deg: float, xyz=(1.5, 0.0, 1.5)) -> torch.Tensor:
     a = math.radians(yaw_deg)
-    Rz = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]], dtype=torch.float64)
+    Rz = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]],
+                      dtype=torch.float64)
     T = torch.eye(4, dtype=torch.float64)
     T[:3, :3] = Rz @ EGO_R_FWD
     T[:3, 3] = torch.tensor(xyz, dtype=torch.float64)
@@ -41,8 +43,8 @@ def dot_image(H: int, W: int, u: float, v: float) -> torch.Tensor:
 
 def centroid(img: torch.Tensor) -> tuple[float, float]:
     w = img[0].double()
-    v, u = torch.meshgrid(torch.arange(w.shape[0], dtype=torch.float64), torch.arange(w.shape[1], dtype=torch.float64),
-                          indexing="ij")
+    v, u = torch.meshgrid(torch.arange(w.shape[0], dtype=torch.float64),
+                          torch.arange(w.shape[1], dtype=torch.float64), indexing="ij")
     return float((u * w).sum() / w.sum()), float((v * w).sum() / w.sum())
 
 
@@ -56,13 +58,15 @@ def test_resize_crop_keeps_a_projected_point_on_its_pixels(seed):
     # Pick a point whose raw projection is an integer pixel (the square's centre).
     u, v = float(rng.integers(300, 1300)), float(rng.integers(200, 700))
     depth = rng.uniform(8, 20)
-    xyz_cam = torch.tensor([[(u - 800.0) * depth / 1260.0, (v - 450.0) * depth / 1260.0, depth]], dtype=torch.float64)
+    xyz_cam = torch.tensor([[(u - 800.0) * depth / 1260.0, (v - 450.0) * depth / 1260.0, depth]],
+                           dtype=torch.float64)
     rc = ResizeCrop.random(final_hw, (0.8, 1.2), rng)
     out = resize_crop_image(dot_image(*raw_hw, u, v), rc)
     assert out.shape == (3, *final_hw) and out.dtype == torch.float32
     uv, _ = project_to_pixels(resize_crop_intrinsics(K, raw_hw, rc, half_pixel=True), xyz_cam)
     pu, pv = uv[0].tolist()
-    assert 2 < pu < final_hw[1] - 3 and 2 < pv < final_hw[0] - 3, "test point should stay inside the crop"
+    assert 2 < pu < final_hw[1] - 3 and 2 < pv < final_hw[0] - 3, (
+        "test point should stay inside the crop")
     cu, cv = centroid(out)
     assert cu == pytest.approx(pu, abs=0.05) and cv == pytest.approx(pv, abs=0.05)
 
@@ -77,7 +81,8 @@ def test_plain_resize_is_identity_at_same_size_and_scales_intrinsics_upstream_st
 
 
 def test_reference_camera_change_keeps_points_consistent():
-    ego_T_cams = torch.stack([ego_T_cam(55), ego_T_cam(0), ego_T_cam(-55), ego_T_cam(180, (-1.0, 0.0, 1.5))])
+    ego_T_cams = torch.stack([ego_T_cam(55), ego_T_cam(0), ego_T_cam(-55),
+                              ego_T_cam(180, (-1.0, 0.0, 1.5))])
     xyz_ego = torch.tensor([[12.0, 3.0, 0.5], [-8.0, -2.0, 1.0]], dtype=torch.float64)
     for ref in range(4):
         ref_T_cams = ref_T_cams_from_ego(ego_T_cams, ref)
@@ -86,11 +91,13 @@ def test_reference_camera_change_keeps_points_consistent():
         for s in range(4):
             xyz_cam = apply_4x4(invert_rigid(ego_T_cams[s]), xyz_ego)
             # camera s -> ref via ref_T_cams equals ego -> ref directly
-            assert torch.allclose(apply_4x4(ref_T_cams[s], xyz_cam), apply_4x4(ref_T_ego, xyz_ego), atol=1e-9)
+            assert torch.allclose(apply_4x4(ref_T_cams[s], xyz_cam), apply_4x4(ref_T_ego, xyz_ego),
+                                  atol=1e-9)
 
 
-GRID = VoxelGrid(GridConfig(x_range_m=(-10.0, 10.0), y_range_m=(-2.0, 2.0), z_range_m=(-10.0, 10.0),
-                            centroid_m=(0.0, 0.0, 0.0), voxels_zyx=(20, 2, 20)))
+GRID = VoxelGrid(GridConfig(x_range_m=(-10.0, 10.0), y_range_m=(-2.0, 2.0),
+                            z_range_m=(-10.0, 10.0), centroid_m=(0.0, 0.0, 0.0),
+                            voxels_zyx=(20, 2, 20)))
 
 
 def meta_rows(n: int, **channels) -> torch.Tensor:
@@ -116,7 +123,8 @@ def test_velocities_rotate_into_the_reference_frame():
 def test_sweep_motion_compensation_and_sensor_velocity_rotation():
     # A radar facing backwards on the rear bumper; the ego moved 2 m forward since the sweep.
     ego_T_sensor = torch.eye(4, dtype=torch.float64)
-    ego_T_sensor[:3, :3] = torch.tensor([[-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]], dtype=torch.float64)
+    ego_T_sensor[:3, :3] = torch.tensor([[-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]],
+                                        dtype=torch.float64)
     ego_T_sensor[0, 3] = -1.0
     egokey_T_egosweep = torch.eye(4, dtype=torch.float64)
     egokey_T_egosweep[0, 3] = -2.0  # the sweep's ego frame lies 2 m behind the keyframe's
@@ -135,10 +143,12 @@ def test_meta_voxelisation_is_deterministic_and_has_no_origin_artefact():
     meta = meta_rows(4, rcs=[5.0, 9.0, 1.0, 1.0], dt=[0.1, 0.1, 0.0, 0.0], id=[1, 2, 3, 4])
     vol = voxelize_meta_radar(xyz, meta, GRID)
     assert vol.shape == (16, 20, 2, 20)
-    # mem = ref + 10 - 0.5 -> points 0 and 1 share voxel (x=12, y=1, z=13); same dt -> stronger rcs wins
+    # mem = ref + 10 - 0.5 -> points 0 and 1 share voxel (x=12, y=1, z=13); same dt -> stronger
+    # rcs wins
     assert vol[1, 13, 1, 12] == 2.0 and vol[2, 13, 1, 12] == 9.0
     assert vol[1, 14, 1, 4] == 3.0
-    assert (vol[1] != 0).sum() == 2  # the out-of-grid point is dropped; nothing appears at the origin
+    # the out-of-grid point is dropped; nothing appears at the origin
+    assert (vol[1] != 0).sum() == 2
     assert vol[:, 10, :, 10].abs().sum() == 0 and vol[:, 9, :, 9].abs().sum() == 0
     # More recent wins over stronger; input order does not matter.
     meta2 = meta_rows(2, rcs=[9.0, 1.0], dt=[0.2, 0.0], id=[7, 8])
@@ -154,14 +164,18 @@ def test_meta_voxelisation_is_deterministic_and_has_no_origin_artefact():
 
 def test_sample_validate_and_collate():
     S, H, W = 2, 32, 48
-    targets = Targets(torch.zeros(1, 20, 20), torch.ones(1, 20, 20), torch.zeros(1, 20, 20), torch.zeros(2, 20, 20))
-    s = Sample(torch.rand(S, 3, H, W), torch.eye(4).expand(S, 4, 4).clone(), torch.eye(4).expand(S, 4, 4).clone(),
-               radar=torch.zeros(16, 20, 2, 20), targets=targets, token="a", cameras=("A", "B"), ref_camera="A")
+    targets = Targets(torch.zeros(1, 20, 20), torch.ones(1, 20, 20), torch.zeros(1, 20, 20),
+                      torch.zeros(2, 20, 20))
+    s = Sample(torch.rand(S, 3, H, W), torch.eye(4).expand(S, 4, 4).clone(),
+               torch.eye(4).expand(S, 4, 4).clone(), radar=torch.zeros(16, 20, 2, 20),
+               targets=targets, token="a", cameras=("A", "B"), ref_camera="A")
     s.validate((20, 2, 20))
     b = collate([s, s]).validate((20, 2, 20))
-    assert b.images.shape == (2, S, 3, H, W) and b.targets.offset.shape == (2, 2, 20, 20) and b.tokens == ["a", "a"]
+    assert b.images.shape == (2, S, 3, H, W) and b.targets.offset.shape == (2, 2, 20, 20)
+    assert b.tokens == ["a", "a"]
     with pytest.raises(ValueError, match="radar"):
-        Sample(s.images, s.pix_T_cams, s.ref_T_cams, radar=torch.zeros(16, 20, 3, 20)).validate((20, 2, 20))
+        Sample(s.images, s.pix_T_cams, s.ref_T_cams,
+               radar=torch.zeros(16, 20, 3, 20)).validate((20, 2, 20))
     with pytest.raises(ValueError, match="pix_T_cams"):
         Sample(s.images, torch.eye(4), s.ref_T_cams).validate()
     with pytest.raises(ValueError, match="cameras"):

@@ -12,8 +12,9 @@ from simplebev_core.voxel import VoxelGrid
 from training.targets import BoxSet, rasterize_targets
 
 # 20 m x 20 m grid of 1 m cells around the reference camera (Y ignored).
-GRID = VoxelGrid(GridConfig(x_range_m=(-10.0, 10.0), y_range_m=(-5.0, 5.0), z_range_m=(-10.0, 10.0),
-                            centroid_m=(0.0, 0.0, 0.0), voxels_zyx=(20, 2, 20)))
+GRID = VoxelGrid(GridConfig(x_range_m=(-10.0, 10.0), y_range_m=(-5.0, 5.0),
+                            z_range_m=(-10.0, 10.0), centroid_m=(0.0, 0.0, 0.0),
+                            voxels_zyx=(20, 2, 20)))
 
 # Reference camera = ego with optical axes: X_ref = -y_ego, Y_ref = -z_ego, Z_ref = x_ego.
 REF_T_EGO = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
@@ -28,7 +29,7 @@ def boxes(*specs) -> BoxSet:
     """specs: (x_ego, y_ego, length, width, yaw, visible)."""
     return BoxSet(
         center_ego=np.array([[x, y, 0.8] for x, y, *_ in specs], dtype=np.float64),
-        size_wlh=np.array([[w, l, 1.6] for _, _, l, w, *_ in specs], dtype=np.float64),
+        size_wlh=np.array([[w, length, 1.6] for _, _, length, w, *_ in specs], dtype=np.float64),
         ego_R_box=np.stack([yaw_matrix(s[4]) for s in specs]),
         visible=np.array([s[5] for s in specs]),
     )
@@ -43,7 +44,8 @@ def test_axis_aligned_box_fills_exactly_its_cells():
     # 4 m long (ego x = ref Z rows), 2 m wide (ego y = ref X cols), centred 5 m ahead, 3 m left.
     t = rasterize_targets(boxes((5.0, 3.0, 4.0, 2.0, 0.0, True)), REF_T_EGO, GRID)
     expected = torch.zeros(20, 20)
-    expected[13:17, 6:8] = 1  # rows: x in [3, 7] -> z in [13, 17); cols: X_ref in [-4, -2] -> [6, 8)
+    # rows: x in [3, 7] -> z in [13, 17); cols: X_ref in [-4, -2] -> [6, 8)
+    expected[13:17, 6:8] = 1
     assert torch.equal(t.seg[0], expected)
     assert torch.equal(t.valid, torch.ones(1, 20, 20))
     # Centre peak 1 at the box centre (cell boundary 15/7: the four touching cells share the max).
@@ -61,7 +63,8 @@ def test_axis_aligned_box_fills_exactly_its_cells():
 def test_heading_rotates_the_footprint():
     # A 6 m x 1 m box along ego y (yaw 90 deg) at the ego origin lies along the X (column) axis.
     t = rasterize_targets(boxes((0.5, 0.0, 6.0, 1.0, math.pi / 2, True)), REF_T_EGO, GRID)
-    assert torch.equal(t.seg[0].sum(dim=1).nonzero()[:, 0], torch.tensor([10]))  # one row: z in [0, 1)
+    # one row: z in [0, 1)
+    assert torch.equal(t.seg[0].sum(dim=1).nonzero()[:, 0], torch.tensor([10]))
     assert t.seg[0, 10].sum() == 6 and t.seg[0, 10, 7:13].all()
     t45 = rasterize_targets(boxes((0.0, 0.0, 6.0, 1.0, math.pi / 4, True)), REF_T_EGO, GRID)
     rows, cols = t45.seg[0].nonzero().unbind(1)
@@ -70,7 +73,8 @@ def test_heading_rotates_the_footprint():
 
 
 def test_barely_visible_vehicle_is_positive_but_ignored():
-    t = rasterize_targets(boxes((5.0, 3.0, 4.0, 2.0, 0.0, True), (-5.0, -3.0, 4.0, 2.0, 0.0, False)), REF_T_EGO, GRID)
+    t = rasterize_targets(boxes((5.0, 3.0, 4.0, 2.0, 0.0, True),
+                                (-5.0, -3.0, 4.0, 2.0, 0.0, False)), REF_T_EGO, GRID)
     r, c = cell(-5.0, -3.0)
     assert t.seg[0, r, c] == 1 and t.valid[0, r, c] == 0
     assert t.valid[0].sum() == 400 - 8
