@@ -1,0 +1,57 @@
+"""A stand-in for simplebev_node in evaluation tests: for every reference-camera image it
+receives, it publishes /bev/occupancy at that image's stamp holding either the bag's own ground
+truth as a prediction (`gt`: 100 on every vehicle cell, 0 elsewhere, -1 off-grid) or an empty
+grid (`empty`: 0 on every seen cell).
+
+    python -m tests.ros.gt_echo_node BAG gt|empty
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def main() -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from nav_msgs.msg import OccupancyGrid
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CompressedImage
+    from tf2_msgs.msg import TFMessage
+
+    from simplebev_ros.evaluate import GT_IGNORED, GT_OUTSIDE, GT_TOPIC, GT_VEHICLE
+    from simplebev_ros.replay import read_bag
+
+    bag, mode = sys.argv[1], sys.argv[2]
+    truth = {m.stamp_ns: deserialize_message(m.cdr, OccupancyGrid)
+             for m in read_bag(bag, [GT_TOPIC])}
+    rclpy.init()
+    node = rclpy.create_node("simplebev_node")
+    publisher = node.create_publisher(OccupancyGrid, "/bev/occupancy", 10)
+
+    def on_image(msg: CompressedImage) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        grid = truth[stamp]
+        codes = np.asarray(grid.data, np.int8)
+        vehicle = (codes == GT_VEHICLE) | (codes == GT_IGNORED)
+        values = np.where(codes == GT_OUTSIDE, -1, 0).astype(np.int8)
+        if mode == "gt":
+            values[vehicle] = 100
+        grid.data = values.tolist()
+        publisher.publish(grid)
+
+    node.create_subscription(CompressedImage, "/CAM_FRONT/image_rect_compressed", on_image, 50)
+    node.create_subscription(TFMessage, "/tf", lambda msg: None, 50)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
