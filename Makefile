@@ -28,6 +28,7 @@ $(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
 	@touch $(ROS_STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	SIMPLEBEV_REQUIRE_ROS=1 $(PY) -m pytest -rs tests
 
 # ---------------------------------------------------------------- demo

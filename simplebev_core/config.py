@@ -27,7 +27,8 @@ CAMERA_POSES = ("capture_time", "static")
 # data.compat: the project's fixed preprocessing, or upstream's (for released checkpoints).
 DATA_COMPAT_MODES = ("project", "upstream")
 NUSCENES_CAMERAS = (
-    "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT",
+    "CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT",
+    "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT",
 )
 
 
@@ -53,7 +54,8 @@ class GridConfig:
     def validate(self, prefix: str) -> None:
         for name in ("x_range_m", "y_range_m", "z_range_m"):
             lo_hi = getattr(self, name)
-            _check(len(lo_hi) == 2 and lo_hi[0] < lo_hi[1], f"{prefix}.{name}", f"expected [min, max] with min < max, got {list(lo_hi)}")
+            _check(len(lo_hi) == 2 and lo_hi[0] < lo_hi[1], f"{prefix}.{name}",
+                   f"expected [min, max] with min < max, got {list(lo_hi)}")
         _check(len(self.centroid_m) == 3, f"{prefix}.centroid_m", "expected 3 values [x, y, z]")
         _check(len(self.voxels_zyx) == 3 and min(self.voxels_zyx) > 0, f"{prefix}.voxels_zyx",
                f"expected 3 positive counts [Z, Y, X], got {list(self.voxels_zyx)}")
@@ -101,7 +103,8 @@ class InputConfig:
         _check(self.camera_poses in CAMERA_POSES, f"{prefix}.camera_poses",
                f"'{self.camera_poses}' is not one of {list(CAMERA_POSES)}")
         _check(len(self.cameras) > 0, f"{prefix}.cameras", "at least one camera is needed")
-        _check(len(set(self.cameras)) == len(self.cameras), f"{prefix}.cameras", "camera names must be unique")
+        _check(len(set(self.cameras)) == len(self.cameras), f"{prefix}.cameras",
+               "camera names must be unique")
         _check(self.ref_camera in self.cameras, f"{prefix}.ref_camera",
                f"'{self.ref_camera}' is not one of input.cameras {list(self.cameras)}")
         for name in ("image_height", "image_width"):
@@ -125,12 +128,14 @@ class ModelConfig:
         for name, allowed in (("encoder", ENCODERS), ("radar", RADAR_MODES),
                               ("pixel_convention", PIXEL_CONVENTIONS), ("lift", LIFTS)):
             value = getattr(self, name)
-            _check(value in allowed, f"{prefix}.{name}", f"'{value}' is not one of {list(allowed)}")
+            _check(value in allowed, f"{prefix}.{name}",
+                   f"'{value}' is not one of {list(allowed)}")
         _check(self.latent_dim > 0, f"{prefix}.latent_dim", "must be positive")
         _check(self.replk_blocks >= 0, f"{prefix}.replk_blocks", "must be >= 0")
         for name in ("replk_kernel", "replk_small_kernel"):
             k = getattr(self, name)
-            _check(k > 0 and k % 2 == 1, f"{prefix}.{name}", f"must be a positive odd kernel size, got {k}")
+            _check(k > 0 and k % 2 == 1, f"{prefix}.{name}",
+                   f"must be a positive odd kernel size, got {k}")
         _check(self.replk_small_kernel <= self.replk_kernel, f"{prefix}.replk_small_kernel",
                "must not exceed replk_kernel")
 
@@ -147,7 +152,8 @@ class PostprocessConfig:
     def validate(self, prefix: str) -> None:
         for name in ("seg_threshold", "center_threshold"):
             _check(0.0 < getattr(self, name) < 1.0, f"{prefix}.{name}", "must be in (0, 1)")
-        _check(self.nms_kernel > 0 and self.nms_kernel % 2 == 1, f"{prefix}.nms_kernel", "must be a positive odd number")
+        _check(self.nms_kernel > 0 and self.nms_kernel % 2 == 1, f"{prefix}.nms_kernel",
+               "must be a positive odd number")
         _check(self.min_pixels >= 1, f"{prefix}.min_pixels", "must be >= 1")
         _check(self.max_instances >= 1, f"{prefix}.max_instances", "must be >= 1")
 
@@ -223,8 +229,8 @@ class TrainConfig:
     keep_latest: int = 3
 
     def validate(self, prefix: str) -> None:
-        for name in ("max_steps", "batch_size", "grad_acc", "log_every", "image_every", "save_every",
-                     "keep_latest", "max_consecutive_skips"):
+        for name in ("max_steps", "batch_size", "grad_acc", "log_every", "image_every",
+                     "save_every", "keep_latest", "max_consecutive_skips"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
         # OneCycleLR is stepped after every optimiser step, so it needs at least one step in hand.
         _check(self.scheduler_extra_steps >= 1, f"{prefix}.scheduler_extra_steps", "must be >= 1")
@@ -232,7 +238,8 @@ class TrainConfig:
             _check(getattr(self, name) > 0.0, f"{prefix}.{name}", "must be positive")
         _check(self.weight_decay >= 0.0, f"{prefix}.weight_decay", "must be >= 0")
         _check(0.0 < self.pct_start < 1.0, f"{prefix}.pct_start", "must be in (0, 1)")
-        _check(self.amp in AMP_MODES, f"{prefix}.amp", f"'{self.amp}' is not one of {list(AMP_MODES)}")
+        _check(self.amp in AMP_MODES, f"{prefix}.amp",
+               f"'{self.amp}' is not one of {list(AMP_MODES)}")
 
 
 IMAGE_TYPES = ("compressed", "raw")
@@ -290,11 +297,13 @@ class NodeConfig:
     camera_silence_warn_s: float = 1.0
 
     def validate(self, prefix: str) -> None:
-        for name, allowed in (("amp", AMP_MODES), ("image_type", IMAGE_TYPES), ("backend", BACKENDS),
+        for name, allowed in (("amp", AMP_MODES), ("image_type", IMAGE_TYPES),
+                              ("backend", BACKENDS),
                               ("missing_camera_policy", MISSING_CAMERA_POLICIES),
                               ("input_qos", QOS_PROFILES)):
             value = getattr(self, name)
-            _check(value in allowed, f"{prefix}.{name}", f"'{value}' is not one of {list(allowed)}")
+            _check(value in allowed, f"{prefix}.{name}",
+                   f"'{value}' is not one of {list(allowed)}")
         _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, f"{prefix}.device",
                f"'{self.device}' is not auto, cpu, cuda or cuda:N")
         for name in ("sync_slop_s", "missing_camera_timeout_s", "tf_cache_s",
@@ -357,18 +366,21 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is tuple:
         item_type = typing.get_args(annotation)[0]
-        _check(isinstance(value, (list, tuple)), key, f"expected a list of {item_type.__name__}, got {value!r}")
+        _check(isinstance(value, (list, tuple)), key,
+               f"expected a list of {item_type.__name__}, got {value!r}")
         return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
     if annotation is bool:
         _check(isinstance(value, bool), key, f"expected bool, got {value!r}")
         return value
     if annotation is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected int, got {value!r}")
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"expected int, got {value!r}")
         return value
     if annotation is float:
         # An int is accepted for a float (lossless); the YAML file itself writes floats with a
         # decimal point so that ROS declares a double parameter.
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected float, got {value!r}")
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected float, got {value!r}")
         return float(value)
     if annotation is str:
         _check(isinstance(value, str), key, f"expected str, got {value!r}")
@@ -459,7 +471,8 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
         node = out
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown config key '{'.'.join(parts[:i + 1])}' in override '{dotted}'")
+                raise ConfigError(f"unknown config key '{'.'.join(parts[:i + 1])}' "
+                                  f"in override '{dotted}'")
             node = node[part]
         if parts[-1] not in node or isinstance(node[parts[-1]], dict):
             raise ConfigError(f"unknown config key '{dotted}' in override")
@@ -477,7 +490,8 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
     try:
         params = doc[node_name]["ros__parameters"]
     except (KeyError, TypeError):
-        raise ConfigError(f"config file '{path}' has no '{node_name}: ros__parameters:' section") from None
+        raise ConfigError(f"config file '{path}' has no "
+                          f"'{node_name}: ros__parameters:' section") from None
     return params
 
 
@@ -497,7 +511,8 @@ def load_config(path: str | Path | None = None,
 
 
 def read_preset(path: str | Path) -> dict[str, Any]:
-    """A preset file: a flat YAML mapping of dotted config keys to values (applied as overrides)."""
+    """A preset file: a flat YAML mapping of dotted config keys to values (applied as
+    overrides)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"preset file '{path}' does not exist")
@@ -512,7 +527,8 @@ def read_preset(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(config: str | Path | None = None, presets: Sequence[str | Path] = (),
-                   sets: Sequence[str] = (), base: SimpleBevConfig | None = None) -> SimpleBevConfig:
+                   sets: Sequence[str] = (),
+                   base: SimpleBevConfig | None = None) -> SimpleBevConfig:
     """`base` (e.g. a checkpoint's config) or the params file `config` (default: the
     repository's), then the presets in order, then `--set key=value` overrides."""
     overrides: dict[str, Any] = {}
@@ -559,7 +575,8 @@ def describe_keys(path: str | Path | None = None) -> dict[str, str]:
             stack.append((indent, key))
         elif parents:
             # A key without its own comment shares the comment of the group above it.
-            group = " ".join(comment) or (out[last] if last and last.rsplit(".", 1)[0] == ".".join(parents) else "")
+            same_group = last and last.rsplit(".", 1)[0] == ".".join(parents)
+            group = " ".join(comment) or (out[last] if same_group else "")
             last = ".".join(parents + [key])
             out[last] = group
         comment = []

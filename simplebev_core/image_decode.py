@@ -49,8 +49,8 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, raw_hw: tupl
     if bgr.shape[:2] != expected:
         raise ImageDecodeError(
             f"{origin}: decoded to {bgr.shape[1]}x{bgr.shape[0]} at 1/{factor} scale, expected "
-            f"{expected[1]}x{expected[0]} for a {raw_hw[1]}x{raw_hw[0]} image (image size changed, "
-            f"or CameraInfo does not match the image)")
+            f"{expected[1]}x{expected[0]} for a {raw_hw[1]}x{raw_hw[0]} image "
+            f"(image size changed, or CameraInfo does not match the image)")
     return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
 
 

@@ -38,7 +38,8 @@ class ResizeCrop:
         return ResizeCrop(tuple(final_hw), 0, 0, tuple(final_hw))
 
     @staticmethod
-    def random(final_hw: tuple[int, int], resize_range: Sequence[float], rng: np.random.Generator) -> "ResizeCrop":
+    def random(final_hw: tuple[int, int], resize_range: Sequence[float],
+               rng: np.random.Generator) -> "ResizeCrop":
         """Training: scale s ~ U(resize_range) relative to the input size, crop offset uniform over
         the positions where the window and the resized image overlap fully (or contain it)."""
         H, W = final_hw
@@ -100,7 +101,8 @@ def _pil_bicubic_resize(image: Tensor, hw: tuple[int, int]) -> Tensor:
     return u8.float() / 255.0
 
 
-def resize_crop_intrinsics(pix_T_cam: Tensor, raw_hw: tuple[int, int], rc: ResizeCrop, half_pixel: bool) -> Tensor:
+def resize_crop_intrinsics(pix_T_cam: Tensor, raw_hw: tuple[int, int], rc: ResizeCrop,
+                           half_pixel: bool) -> Tensor:
     """pix_T_cam (..., 4, 4) for the raw image -> the same for the resized, cropped image.
 
     half_pixel=True is exact for `resize_crop_image` (pixel-centre convention, use with
@@ -117,5 +119,6 @@ def resize_crop_intrinsics(pix_T_cam: Tensor, raw_hw: tuple[int, int], rc: Resiz
 
 
 def ref_T_cams_from_ego(ego_T_cams: Tensor, ref_index: int) -> Tensor:
-    """ego_T_cams (S, 4, 4) camera -> ego; returns ref_T_cams (S, 4, 4) with ref = camera ref_index."""
+    """ego_T_cams (S, 4, 4) camera -> ego; returns ref_T_cams (S, 4, 4) with ref = camera
+    ref_index."""
     return invert_rigid(ego_T_cams[ref_index])[None] @ ego_T_cams

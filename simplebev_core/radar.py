@@ -167,7 +167,8 @@ def meta_radar_to_ref(xyz_ego: Tensor, meta_ego: Tensor, ref_T_ego: Tensor,
 
 
 def _voxel_index(xyz_ref: Tensor, grid: VoxelGrid) -> tuple[Tensor, Tensor]:
-    """Nearest voxel of each point: (flat index (M,), kept point indices (M,)) for in-grid points."""
+    """Nearest voxel of each point: (flat index (M,), kept point indices (M,)) for in-grid
+    points."""
     mem = grid.ref_to_mem(xyz_ref.float())
     keep = grid.inbounds_mem(mem).nonzero()[:, 0]
     ijk = mem[keep].round().long()  # (M, 3) x, y, z
@@ -199,7 +200,8 @@ def voxelize_meta_radar(xyz_ref: Tensor, meta_ref: Tensor, grid: VoxelGrid,
         raise ValueError(f"voxel winner rule '{winner}' is not one of {list(WINNER_RULES)}")
     if keep.numel():
         feats = meta_ref[keep].float()
-        # Lexicographic order (voxel, dt, -rcs, input order) by stable sorts, least significant first.
+        # Lexicographic order (voxel, dt, -rcs, input order) by stable sorts, least significant
+        # first.
         order = torch.arange(keep.numel())
         for key in (-feats[:, RCS_CHANNEL], feats[:, DT_CHANNEL], flat):
             order = order[torch.sort(key[order], stable=True).indices]

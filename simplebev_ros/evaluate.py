@@ -57,15 +57,18 @@ class Report:
 
     def lines(self) -> list[str]:
         got = sum(f.pred is not None for f in self.frames)
-        out = [f"frames with ground truth: {len(self.frames)}, predicted: {got}, missing: {self.missing}",
+        out = [f"frames with ground truth: {len(self.frames)}, predicted: {got}, "
+               f"missing: {self.missing}",
                f"vehicle IoU (visibility-filtered, as training/eval.py): {100 * self.iou:.1f}",
                f"vehicle IoU (all vehicles): {100 * self.iou_unfiltered:.1f}",
                "IoU by distance: " + ", ".join(f"{b} {100 * v:.1f}" for b, v in
                                                 zip(self.band_labels, self.iou_by_band) if v == v)]
         if self.latency_ms:
-            out.append("end-to-end latency ms: " + ", ".join(f"{k} {v:.0f}" for k, v in self.latency_ms.items()))
+            out.append("end-to-end latency ms: "
+                       + ", ".join(f"{k} {v:.0f}" for k, v in self.latency_ms.items()))
         out.append(f"throughput: {self.throughput_hz:.2f} grids/s")
-        keys = ("sets_complete", "sets_partial", "sets_dropped_busy", "sets_failed", "sets_dropped_incomplete")
+        keys = ("sets_complete", "sets_partial", "sets_dropped_busy", "sets_failed",
+                "sets_dropped_incomplete")
         out.append("node: " + ", ".join(f"{k} {self.diagnostics.get(k, '?')}" for k in keys))
         return out
 
@@ -74,7 +77,8 @@ def grid_values(msg: Any) -> np.ndarray:
     return np.asarray(msg.data, dtype=np.int8).reshape(msg.info.height, msg.info.width)
 
 
-def score(frames: Sequence[Frame], threshold: float, cell_distance: torch.Tensor) -> tuple[Any, int]:
+def score(frames: Sequence[Frame], threshold: float,
+          cell_distance: torch.Tensor) -> tuple[Any, int]:
     """The training metric over the frames (a frame without a prediction counts as empty)."""
     from training.metrics import IouAccumulator
 
@@ -124,14 +128,17 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
     messages = read_bag(bag)
     gts = [m for m in messages if m.topic == GT_TOPIC]
     if not gts:
-        raise BagError(f"bag '{bag}' has no {GT_TOPIC} (write it with python -m training.nuscenes_to_bag)")
+        raise BagError(f"bag '{bag}' has no {GT_TOPIC} "
+                       "(write it with python -m training.nuscenes_to_bag)")
     frames = {m.stamp_ns: Frame(m.stamp_ns, grid_values(deserialize_message(m.cdr, OccupancyGrid)))
               for m in gts}
     gt_info = deserialize_message(gts[0].cdr, OccupancyGrid).info
     ref_topic = f"/{ref_camera}/image_rect_compressed"
     sent_wall: dict[int, float] = {}
-    proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) \
-        if node_cmd else None
+    proc = None
+    if node_cmd:
+        proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
     rclpy.init()
     node = rclpy.create_node("simplebev_evaluate")
     executor = SingleThreadedExecutor()
@@ -180,16 +187,19 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
                     not player.wait_for_subscribers([ref_topic, "/tf"], 0.5):
                 pass
             if proc.poll() is not None:
-                raise RuntimeError(f"the node exited with {proc.returncode}:\n{proc.stdout.read()}")
+                raise RuntimeError(
+                    f"the node exited with {proc.returncode}:\n{proc.stdout.read()}")
         if not player.wait_for_subscribers([ref_topic, "/tf"], 120.0):
-            raise BagError(f"no node subscribed to {ref_topic} within 120 s (is simplebev_node running?)")
+            raise BagError(f"no node subscribed to {ref_topic} within 120 s "
+                           "(is simplebev_node running?)")
         time.sleep(1.0)  # let every subscription of the node match, not only the first ones
         start = time.monotonic()
         player.play()
         end = time.monotonic() + wait_s
         # Wait for late grids: until every frame has one, or none came for 3 s (sets dropped).
         while time.monotonic() < end and any(f.pred is None for f in frames.values()):
-            if time.monotonic() - max(received[-1:] or [start]) > 3.0 and time.monotonic() > start + 3.0:
+            quiet_s = time.monotonic() - max(received[-1:] or [start])
+            if quiet_s > 3.0 and time.monotonic() > start + 3.0:
                 break
             time.sleep(0.05)
         duration = max((received[-1] if received else time.monotonic()) - start, 1e-9)
@@ -208,7 +218,8 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
             if proc.returncode not in (0, None):
                 raise RuntimeError(f"the node exited with {proc.returncode}:\n{out}")
     ordered = [frames[k] for k in sorted(frames)]
-    acc, missing = score(ordered, threshold, cell_distance_m(gt_info, reference_camera_xy(messages, ref_camera)))
+    cell_distance = cell_distance_m(gt_info, reference_camera_xy(messages, ref_camera))
+    acc, missing = score(ordered, threshold, cell_distance)
     lat = sorted(f.latency_s for f in ordered if f.latency_s is not None)
     latency_ms = {} if not lat else {
         "p50": 1e3 * statistics.median(lat), "p90": 1e3 * lat[int(0.9 * (len(lat) - 1))],
@@ -218,7 +229,8 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
     return report, messages
 
 
-def mosaic(messages: Sequence[Recorded], frame: Frame, cameras: Sequence[str], width: int = 1200) -> np.ndarray:
+def mosaic(messages: Sequence[Recorded], frame: Frame, cameras: Sequence[str],
+           width: int = 1200) -> np.ndarray:
     """One frame as a picture: the six cameras (top two rows), prediction and ground truth
     (bottom, forward up, as simplebev_ros.conversions.bev_rgb draws them). (H, W, 3) uint8."""
     import cv2
@@ -230,10 +242,12 @@ def mosaic(messages: Sequence[Recorded], frame: Frame, cameras: Sequence[str], w
     tiles = []
     for cam in cameras:
         topic = f"/{cam}/image_rect_compressed"
-        nearest = min((m for m in messages if m.topic == topic), key=lambda m: abs(m.stamp_ns - frame.stamp_ns))
+        nearest = min((m for m in messages if m.topic == topic),
+                      key=lambda m: abs(m.stamp_ns - frame.stamp_ns))
         data = np.frombuffer(bytes(deserialize_message(nearest.cdr, image_type).data), np.uint8)
         bgr = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_4)
-        tiles.append(cv2.putText(bgr, cam, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2))
+        tiles.append(cv2.putText(bgr, cam, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                                 (255, 255, 255), 2))
     tile_w = width // 3
     tiles = [cv2.resize(t, (tile_w, tile_w * t.shape[0] // t.shape[1])) for t in tiles]
     rows = [np.concatenate(tiles[i:i + 3], axis=1) for i in (0, 3)]
@@ -244,13 +258,14 @@ def mosaic(messages: Sequence[Recorded], frame: Frame, cameras: Sequence[str], w
     for name, values in (("prediction", frame.pred), ("ground truth", gt)):
         rgb = bev_rgb(values if values is not None else np.full_like(frame.gt, -1))
         tile = cv2.resize(rgb[:, :, ::-1], (side, side), interpolation=cv2.INTER_NEAREST)
-        bev.append(cv2.putText(np.ascontiguousarray(tile), name, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
-                               (255, 255, 255), 2))
+        bev.append(cv2.putText(np.ascontiguousarray(tile), name, (8, 24),
+                               cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2))
     picture = np.concatenate(rows + [np.concatenate(bev, axis=1)], axis=0)
     return np.ascontiguousarray(picture[:, :, ::-1])
 
 
-def write_outputs(report: Report, messages: Sequence[Recorded], cameras: Sequence[str], out: Path) -> list[Path]:
+def write_outputs(report: Report, messages: Sequence[Recorded], cameras: Sequence[str],
+                  out: Path) -> list[Path]:
     """out/demo.png (the frame with the most ground-truth vehicle cells), out/demo.gif (all
     frames), out/report.json."""
     from PIL import Image
@@ -261,23 +276,27 @@ def write_outputs(report: Report, messages: Sequence[Recorded], cameras: Sequenc
     Image.fromarray(mosaic(messages, best, cameras)).save(png)
     pictures = [Image.fromarray(mosaic(messages, f, cameras, width=720)) for f in report.frames]
     pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=500, loop=0)
-    js.write_text(json.dumps({"iou": report.iou, "iou_unfiltered": report.iou_unfiltered,
-                              "iou_by_band": dict(zip(report.band_labels, report.iou_by_band)),
-                              "latency_ms": report.latency_ms, "throughput_hz": report.throughput_hz,
-                              "frames": len(report.frames), "missing": report.missing,
-                              "node": report.diagnostics}, indent=2))
+    js.write_text(json.dumps({
+        "iou": report.iou, "iou_unfiltered": report.iou_unfiltered,
+        "iou_by_band": dict(zip(report.band_labels, report.iou_by_band)),
+        "latency_ms": report.latency_ms, "throughput_hz": report.throughput_hz,
+        "frames": len(report.frames), "missing": report.missing,
+        "node": report.diagnostics}, indent=2))
     return [png, gif, js]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simplebev_ros.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m simplebev_ros.evaluate",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("bag")
     p.add_argument("--rate", type=float, default=1.0)
     p.add_argument("--out", default="out", help="directory for demo.png, demo.gif, report.json")
-    p.add_argument("--params-file", default=None, help="the node's params file (threshold, cameras)")
+    p.add_argument("--params-file", default=None,
+                   help="the node's params file (threshold, cameras)")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--start-node", action="store_true",
-                   help="start simplebev_node with --params-file and --checkpoint, stop it at the end")
+                   help="start simplebev_node with --params-file and --checkpoint, "
+                        "stop it at the end")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for late grids")
     return p
 
@@ -294,8 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--start-node needs --params-file and --checkpoint")
             node_cmd = [sys.executable, "-m", "simplebev_ros.node", "--ros-args", "--params-file",
                         args.params_file, "-p", f"checkpoint:={args.checkpoint}"]
-        report, messages = run(args.bag, args.rate, cfg.input.ref_camera, cfg.postprocess.seg_threshold,
-                               args.wait, node_cmd)
+        report, messages = run(args.bag, args.rate, cfg.input.ref_camera,
+                               cfg.postprocess.seg_threshold, args.wait, node_cmd)
     except (BagError, ConfigError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -114,11 +114,13 @@ class BevNode(Node):
         self.worker.start()
         radar = {"none": "camera-only (the model has no radar input)",
                  "meta": f"meta-radar from {list(cfg.node.radar_topics)}",
-                 "occupancy": f"radar occupancy from {list(cfg.node.radar_topics)}"}[cfg.model.radar]
+                 "occupancy": f"radar occupancy from {list(cfg.node.radar_topics)}",
+                 }[cfg.model.radar]
         self.get_logger().info(
             f"model {self.loaded.name} step {self.loaded.step} on {device}"
             f"{'' if cfg.node.amp == 'none' else ' ' + cfg.node.amp}; {radar}; camera poses "
-            f"{cfg.input.camera_poses}; publishing {cfg.node.occupancy_topic} in {cfg.node.base_frame}")
+            f"{cfg.input.camera_poses}; publishing {cfg.node.occupancy_topic} "
+            f"in {cfg.node.base_frame}")
 
     # ------------------------------------------------------------------ wiring
     def _subscribe(self, cfg: Any) -> None:
@@ -131,7 +133,8 @@ class BevNode(Node):
             self.create_subscription(image_type, cfg.node.camera_image_topic(cam),
                                      self._guard(lambda m, s=slot: self._on_image(s, m)), qos)
             self.create_subscription(CameraInfo, cfg.node.camera_info_topic(cam),
-                                     self._guard(lambda m, s=slot: self._on_camera_info(s, m)), qos)
+                                     self._guard(lambda m, s=slot: self._on_camera_info(s, m)),
+                                     qos)
         if cfg.model.radar != "none":
             for topic in cfg.node.radar_topics:
                 self.create_subscription(PointCloud2, topic,
@@ -139,9 +142,10 @@ class BevNode(Node):
         tf_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         static_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(TFMessage, "/tf", self._guard(lambda m: self._on_tf(m, False)), tf_qos)
-        self.create_subscription(TFMessage, "/tf_static", self._guard(lambda m: self._on_tf(m, True)),
-                                 static_qos)
+        self.create_subscription(TFMessage, "/tf", self._guard(lambda m: self._on_tf(m, False)),
+                                 tf_qos)
+        self.create_subscription(TFMessage, "/tf_static",
+                                 self._guard(lambda m: self._on_tf(m, True)), static_qos)
         self.create_timer(SYNC_POLL_S, self._guard(self._on_poll))
 
     def _advertise(self, cfg: Any) -> None:
@@ -177,7 +181,8 @@ class BevNode(Node):
     def _on_image(self, slot: int, msg: Any) -> None:
         self.stats.image(self.cfg.input.cameras[slot], time.monotonic_ns())
         with self.lock:
-            sets = self.sync.add(slot, conv.stamp_to_ns(msg.header.stamp), msg, time.monotonic_ns())
+            sets = self.sync.add(slot, conv.stamp_to_ns(msg.header.stamp), msg,
+                                 time.monotonic_ns())
             self._after_sync(sets)
 
     def _on_poll(self) -> None:
@@ -198,15 +203,17 @@ class BevNode(Node):
             if self.source.set_camera_info(slot, msg):
                 self.get_logger().info(f"CameraInfo of {self.cfg.input.cameras[slot]} changed")
         if intrinsics.has_distortion:
-            self._throttled("warning", f"distortion{slot}", f"{self.cfg.input.cameras[slot]}: non-zero "
-                            f"distortion in CameraInfo; the model assumes rectified images")
+            self._throttled("warning", f"distortion{slot}",
+                            f"{self.cfg.input.cameras[slot]}: non-zero distortion in CameraInfo; "
+                            f"the model assumes rectified images")
 
     def _on_radar(self, topic: str, msg: Any) -> None:
         with self.lock:
             self.source.add_radar(topic, msg)
         if self.cfg.model.radar == "meta" and not self.source.radar_has_meta.get(topic, True):
-            self._throttled("warning", f"radar{topic}", f"{topic} has only x, y, z fields: its meta-radar "
-                            f"channels are zero (the model expects the 18 nuScenes radar fields)")
+            self._throttled("warning", f"radar{topic}",
+                            f"{topic} has only x, y, z fields: its meta-radar channels are zero "
+                            f"(the model expects the 18 nuScenes radar fields)")
 
     def _on_tf(self, msg: Any, static: bool) -> None:
         with self.lock:
@@ -230,10 +237,12 @@ class BevNode(Node):
         if not runtime:
             return SetParametersResult(successful=True)
         try:
-            self.pipeline.set_postprocess(params.postprocess_update(self.pipeline.cfg.postprocess, runtime))
+            self.pipeline.set_postprocess(
+                params.postprocess_update(self.pipeline.cfg.postprocess, runtime))
         except ConfigError as e:
             return SetParametersResult(successful=False, reason=str(e))
-        self.get_logger().info(f"post-processing updated: {', '.join(f'{p.name}={p.value}' for p in runtime)}")
+        updated = ", ".join(f"{p.name}={p.value}" for p in runtime)
+        self.get_logger().info(f"post-processing updated: {updated}")
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ worker
@@ -285,10 +294,12 @@ class BevNode(Node):
             self.pub_image.publish(conv.rgb_image(conv.bev_rgb(result.values), frame, stamp))
         result.timings["publish"] = time.perf_counter() - t
         latency_s = (self.get_clock().now().nanoseconds - stamp) * 1e-9
-        self.stats.processed(result.timings, latency_s, synced.spread_ns * 1e-9, time.monotonic_ns())
+        self.stats.processed(result.timings, latency_s, synced.spread_ns * 1e-9,
+                             time.monotonic_ns())
 
     def _on_diagnostics(self) -> None:
-        info = {"device": str(self.device), "model": self.loaded.name, "step": str(self.loaded.step),
+        info = {"device": str(self.device), "model": self.loaded.name,
+                "step": str(self.loaded.step),
                 "motion_compensated": str(self.source.motion_compensated)}
         statuses = self.stats.statuses(time.monotonic_ns(), self.cfg.node.camera_silence_warn_s,
                                        self.sync.counts, self.sync.masked_per_camera, info)

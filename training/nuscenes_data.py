@@ -107,7 +107,8 @@ def split_scene_names(version: str, split: str) -> set[str]:
     splits = create_splits_scenes()
     key = {"v1.0-mini": f"mini_{split}"}.get(version, split)
     if key not in splits:
-        raise ValueError(f"split '{split}' does not exist for version '{version}' (known: {sorted(splits)})")
+        raise ValueError(f"split '{split}' does not exist for version '{version}' "
+                         f"(known: {sorted(splits)})")
     return set(splits[key])
 
 
@@ -117,16 +118,19 @@ def open_nuscenes(dataroot: str | Path, version: str) -> Any:
 
     tables = Path(dataroot) / version
     if not tables.is_dir():
-        raise DataFileError(f"nuScenes tables '{tables}' not found (check --dataroot and --version)")
+        raise DataFileError(f"nuScenes tables '{tables}' not found "
+                            "(check --dataroot and --version)")
     try:
         return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
     except (AssertionError, FileNotFoundError, ValueError, KeyError) as e:
-        raise DataFileError(f"cannot load nuScenes '{version}' from '{dataroot}': {type(e).__name__}: {e}") from e
+        raise DataFileError(f"cannot load nuScenes '{version}' from '{dataroot}': "
+                            f"{type(e).__name__}: {e}") from e
 
 
 @dataclass
 class AugmentationPlan:
-    """One sample's augmentation: reference camera slot, per-camera resize-crop, blanked cameras."""
+    """One sample's augmentation: reference camera slot, per-camera resize-crop, blanked
+    cameras."""
 
     ref_index: int
     resize_crops: list[ResizeCrop]
@@ -187,12 +191,13 @@ class NuScenesBev(Dataset):
             known = {s["name"] for s in self.nusc.scene}
             unknown = sorted(set(scenes) - known)
             if unknown:
-                raise DataFileError(f"scene(s) {unknown} not in nuScenes '{version}' at '{dataroot}' "
-                                    f"(known: {sorted(known)})")
+                raise DataFileError(f"scene(s) {unknown} not in nuScenes '{version}' "
+                                    f"at '{dataroot}' (known: {sorted(known)})")
             names = set(scenes)
         else:
             names = split_scene_names(version, split)
-        scenes = sorted((s for s in self.nusc.scene if s["name"] in names), key=lambda s: s["name"])
+        scenes = sorted((s for s in self.nusc.scene if s["name"] in names),
+                        key=lambda s: s["name"])
         if not scenes:
             raise ValueError(f"no scenes of split '{split}' ({version}) found under '{dataroot}'")
         self.tokens: list[str] = []
@@ -256,7 +261,8 @@ class NuScenesBev(Dataset):
         box_ego_T_world = self._keyframe_ego_T_world(sample, UPSTREAM_BOX_CHANNEL) if upstream \
             else ego_T_world
         return FrameRecord(
-            token=token, stamp_ns=stamp_ns, image_paths=[self.dataroot / sd["filename"] for sd in sds],
+            token=token, stamp_ns=stamp_ns,
+            image_paths=[self.dataroot / sd["filename"] for sd in sds],
             raw_hw=[(int(sd["height"]), int(sd["width"])) for sd in sds],
             camera_stamps_ns=[int(sd["timestamp"]) * 1000 for sd in sds],
             pix_T_cams=torch.stack(Ks), ego_T_cams=torch.stack(ego_T_cams),
@@ -280,8 +286,9 @@ class NuScenesBev(Dataset):
             ann = self.nusc.get("sample_annotation", ann_token)
             if VEHICLE_KEYWORD not in ann["category_name"]:
                 continue
-            world_T_box = pose_to_matrix(torch.tensor(ann["translation"], dtype=torch.float64),
-                                         torch.tensor(ann["rotation"], dtype=torch.float64)).numpy()
+            world_T_box = pose_to_matrix(
+                torch.tensor(ann["translation"], dtype=torch.float64),
+                torch.tensor(ann["rotation"], dtype=torch.float64)).numpy()
             ego_T_box = ego_T_world @ world_T_box
             centers.append(ego_T_box[:3, 3])
             rots.append(ego_T_box[:3, :3])
@@ -310,7 +317,8 @@ class NuScenesBev(Dataset):
             sweeps.append(self.nusc.get("sample_data", sweeps[-1]["prev"]))
         return sweeps
 
-    def _radar_sweeps(self, sample: dict, ego_T_world: torch.Tensor, stamp_ns: int) -> list[RadarSweep]:
+    def _radar_sweeps(self, sample: dict, ego_T_world: torch.Tensor,
+                      stamp_ns: int) -> list[RadarSweep]:
         out = []
         for channel in RADAR_CHANNELS:
             if channel not in sample["data"]:
@@ -352,8 +360,9 @@ class NuScenesBev(Dataset):
                 raise DataFileError(f"image file '{path}' does not exist") from None
             except OSError as e:
                 raise DataFileError(f"image file '{path}' cannot be read: {e}") from e
-            cameras.append(CameraInput(image=data, raw_hw=rec.raw_hw[s], pix_T_cam=rec.pix_T_cams[s],
-                                       ego_T_cam=rec.ego_T_cams[s], stamp_ns=rec.camera_stamps_ns[s],
+            cameras.append(CameraInput(image=data, raw_hw=rec.raw_hw[s],
+                                       pix_T_cam=rec.pix_T_cams[s], ego_T_cam=rec.ego_T_cams[s],
+                                       stamp_ns=rec.camera_stamps_ns[s],
                                        origin=f"image file '{path}'"))
         return RawFrame(names=tuple(self.cfg.input.cameras), cameras=cameras, radar=rec.radar,
                         stamp_ns=rec.stamp_ns, token=rec.token)
@@ -364,14 +373,19 @@ class NuScenesBev(Dataset):
         (no augmentation when seed is None or the dataset is not a training set)."""
         cams, data = self.cfg.input.cameras, self.cfg.data
         final_hw = (self.cfg.input.image_height, self.cfg.input.image_width)
+        default_ref = cams.index(self.cfg.input.ref_camera)
         if seed is None or not self.train:
-            return AugmentationPlan(cams.index(self.cfg.input.ref_camera), [ResizeCrop.plain(final_hw)] * len(cams),
+            return AugmentationPlan(default_ref, [ResizeCrop.plain(final_hw)] * len(cams),
                                     [False] * len(cams))
         rng = np.random.default_rng(seed)
-        ref = int(rng.integers(1, len(cams))) if data.rand_ref_camera and len(cams) > 1 else cams.index(self.cfg.input.ref_camera)
-        crops = [ResizeCrop.random(final_hw, data.resize_range, rng) if data.rand_resize_crop else ResizeCrop.plain(final_hw)
-                 for _ in cams]
-        drop = [bool(d) and s != ref for s, d in enumerate(rng.random(len(cams)) < data.camera_dropout)]
+        if data.rand_ref_camera and len(cams) > 1:
+            ref = int(rng.integers(1, len(cams)))
+        else:
+            ref = default_ref
+        crops = [ResizeCrop.random(final_hw, data.resize_range, rng) if data.rand_resize_crop
+                 else ResizeCrop.plain(final_hw) for _ in cams]
+        dropped = rng.random(len(cams)) < data.camera_dropout
+        drop = [bool(d) and s != ref for s, d in enumerate(dropped)]
         return AugmentationPlan(ref, crops, drop)
 
     def targets(self, rec: FrameRecord, ref_index: int) -> Targets:

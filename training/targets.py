@@ -47,17 +47,20 @@ class BoxSet:
 
     @staticmethod
     def empty() -> "BoxSet":
-        return BoxSet(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros(0, dtype=bool))
+        return BoxSet(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3, 3)),
+                      np.zeros(0, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.center_ego)
 
     def top_face_ego(self) -> np.ndarray:
         """(N, 4, 3) top-face corners, in order around the face."""
-        w, l, h = (self.size_wlh[:, i:i + 1] / 2 for i in range(3))
+        half_width, half_length, half_height = (self.size_wlh[:, i:i + 1] / 2 for i in range(3))
         corners_box = np.stack([  # (N, 4, 3): front-left, front-right, back-right, back-left
-            np.concatenate([l, w, h], -1), np.concatenate([l, -w, h], -1),
-            np.concatenate([-l, -w, h], -1), np.concatenate([-l, w, h], -1),
+            np.concatenate([half_length, half_width, half_height], -1),
+            np.concatenate([half_length, -half_width, half_height], -1),
+            np.concatenate([-half_length, -half_width, half_height], -1),
+            np.concatenate([-half_length, half_width, half_height], -1),
         ], axis=1)
         return np.einsum("nij,nkj->nki", self.ego_R_box, corners_box) + self.center_ego[:, None, :]
 
@@ -65,7 +68,8 @@ class BoxSet:
 def _to_mem_xz(xyz_ego: np.ndarray, ref_T_ego: np.ndarray, grid: VoxelGrid) -> np.ndarray:
     """(..., 3) ego points -> (..., 2) continuous (x, z) mem coordinates (column, row)."""
     xyz_ref = xyz_ego @ ref_T_ego[:3, :3].T + ref_T_ego[:3, 3]
-    mem = grid.ref_to_mem(torch.from_numpy(np.ascontiguousarray(xyz_ref, dtype=np.float64))).numpy()
+    ref_points = torch.from_numpy(np.ascontiguousarray(xyz_ref, dtype=np.float64))
+    mem = grid.ref_to_mem(ref_points).numpy()
     return mem[..., [0, 2]]
 
 
@@ -83,8 +87,9 @@ def _fill(canvas: np.ndarray, poly_xz: np.ndarray, value: int) -> int:
     cols, rows = np.meshgrid(np.arange(c0, c1 + 1, dtype=np.float64),
                              np.arange(r0, r1 + 1, dtype=np.float64))
     a, b = poly_xz, np.roll(poly_xz, -1, axis=0)  # edges a[k] -> b[k]
+    # (K, h, w): which side of each edge every cell centre lies on
     cross = ((b[:, 0] - a[:, 0])[:, None, None] * (rows[None] - a[:, 1, None, None])
-             - (b[:, 1] - a[:, 1])[:, None, None] * (cols[None] - a[:, 0, None, None]))  # (K, h, w)
+             - (b[:, 1] - a[:, 1])[:, None, None] * (cols[None] - a[:, 0, None, None]))
     eps = 1e-9
     inside = (cross >= -eps).all(axis=0) | (cross <= eps).all(axis=0)
     canvas[r0:r1 + 1, c0:c1 + 1][inside] = value

@@ -21,7 +21,8 @@ from simplebev_core.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"model.encoder": "effb0", "model.encoder_pretrained": False, "model.latent_dim": 16,
-        "grid.voxels_zyx": [50, 2, 50], "grid.x_range_m": [-25.0, 25.0], "grid.z_range_m": [-25.0, 25.0],
+        "grid.voxels_zyx": [50, 2, 50], "grid.x_range_m": [-25.0, 25.0],
+        "grid.z_range_m": [-25.0, 25.0],
         "input.image_height": 56, "input.image_width": 96, "model.pixel_convention": "exact",
         "node.device": "cpu", "node.input_qos": "reliable", "node.input_qos_depth": 50}
 
@@ -35,12 +36,13 @@ def tiny_model(directory: Path, **overrides: Any) -> tuple[Path, Path]:
 
 
 def node_command(params: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "simplebev_ros.node", "--ros-args", "--params-file", str(params), *extra]
+    return [sys.executable, "-m", "simplebev_ros.node", "--ros-args", "--params-file", str(params),
+            *extra]
 
 
 def start_node(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def stop_node(proc: subprocess.Popen, timeout_s: float = 20.0) -> tuple[int, str]:

@@ -41,8 +41,8 @@ S = 1_000_000_000
 def tiny_bag(synthetic_dataroot, tmp_path_factory):
     dataroot, version = synthetic_dataroot
     cfg = load_config(overrides=TINY)
-    return convert(dataroot, version, ["scene-0061"], tmp_path_factory.mktemp("bag") / "tiny", "mcap",
-                   cfg, progress=False)
+    return convert(dataroot, version, ["scene-0061"], tmp_path_factory.mktemp("bag") / "tiny",
+                   "mcap", cfg, progress=False)
 
 
 def restamped(rec: Recorded, stamp_ns: int, data: bytes | None = None) -> Recorded:
@@ -55,7 +55,8 @@ def restamped(rec: Recorded, stamp_ns: int, data: bytes | None = None) -> Record
         msg.header.stamp = bm.stamp(stamp_ns)
     if data is not None:
         msg.data = np.frombuffer(data, np.uint8)
-    return Recorded(stamp_ns, rec.topic, rec.msgtype, bytes(bm.TYPESTORE.serialize_cdr(msg, rec.msgtype)))
+    return Recorded(stamp_ns, rec.topic, rec.msgtype,
+                    bytes(bm.TYPESTORE.serialize_cdr(msg, rec.msgtype)))
 
 
 def diag_values(msg: DiagnosticArray) -> dict[str, str]:
@@ -96,9 +97,10 @@ def test_node_end_to_end_on_a_bag_then_bad_input_then_sigint(tiny_bag, tmp_path)
         assert peer.wait_for(lambda: len(peer.received["/bev/occupancy"]) >= len(front), 30.0), \
             f"{len(peer.received['/bev/occupancy'])} grids for {len(front)} keyframes"
         grids = peer.received["/bev/occupancy"]
-        assert [g.header.stamp.sec * S + g.header.stamp.nanosec for g in grids] == [m.stamp_ns for m in front]
-        static = bm.TYPESTORE.deserialize_cdr(next(m for m in messages if m.topic == "/tf_static").cdr,
-                                              "tf2_msgs/msg/TFMessage")
+        grid_stamps = [g.header.stamp.sec * S + g.header.stamp.nanosec for g in grids]
+        assert grid_stamps == [m.stamp_ns for m in front]
+        static_rec = next(m for m in messages if m.topic == "/tf_static")
+        static = bm.TYPESTORE.deserialize_cdr(static_rec.cdr, "tf2_msgs/msg/TFMessage")
         base_T_front = transform_to_matrix(next(t for t in static.transforms
                                                 if t.child_frame_id == "CAM_FRONT").transform)
         expected = BevToBase(VoxelGrid(cfg.grid), base_T_front).base_grid
@@ -106,7 +108,8 @@ def test_node_end_to_end_on_a_bag_then_bad_input_then_sigint(tiny_bag, tmp_path)
             assert g.header.frame_id == "base_link"
             assert (g.info.width, g.info.height) == (expected.width, expected.height) == (50, 50)
             assert g.info.resolution == pytest.approx(1.0)
-            assert (g.info.origin.position.x, g.info.origin.position.y) == pytest.approx(expected.origin_xy)
+            origin_xy = (g.info.origin.position.x, g.info.origin.position.y)
+            assert origin_xy == pytest.approx(expected.origin_xy)
             values = np.asarray(g.data, np.int8)
             assert values.size == 2500 and values.min() >= -1 and values.max() <= 100
             assert (values >= 0).mean() > 0.5  # most of the grid is seen by some camera
@@ -123,19 +126,23 @@ def test_node_end_to_end_on_a_bag_then_bad_input_then_sigint(tiny_bag, tmp_path)
         trouble = [restamped(tf, t1)] + [
             restamped(images[c], t1, b"\xff\xd8garbage\xff\xd9" if "CAM_FRONT/" in c else None)
             for c in cameras]
-        trouble += [restamped(tf, t2)] + [restamped(images[c], t2) for c in cameras if "CAM_BACK/" not in c]
+        trouble += [restamped(tf, t2)] + [restamped(images[c], t2) for c in cameras
+                                          if "CAM_BACK/" not in c]
         trouble += [restamped(images[c], t3) for c in cameras]  # no /tf at t3: extrapolation
         BagPlayer(peer.node, trouble, rate=1.0).play()
 
         def reported(key: str, at_least: int = 1) -> bool:
-            return any(int(diag_values(d).get(key, 0)) >= at_least for d in peer.received["/diagnostics"])
+            return any(int(diag_values(d).get(key, 0)) >= at_least
+                       for d in peer.received["/diagnostics"])
 
-        assert peer.wait_for(lambda: reported("masked_CAM_BACK") and reported("sets_failed", 2), 15.0), \
-            [diag_values(d) for d in peer.received["/diagnostics"][-1:]]
+        assert peer.wait_for(lambda: reported("masked_CAM_BACK") and reported("sets_failed", 2),
+                             15.0), [diag_values(d) for d in peer.received["/diagnostics"][-1:]]
         last_values = diag_values(peer.received["/diagnostics"][-1])
         assert any(k.startswith("errors_") and "Decode" in k for k in last_values), last_values
-        assert any(k.startswith("errors_") and "Extrapolation" in k for k in last_values), last_values
-        partial = [g for g in peer.received["/bev/occupancy"] if g.header.stamp.sec * S + g.header.stamp.nanosec == t2]
+        assert any(k.startswith("errors_") and "Extrapolation" in k
+                   for k in last_values), last_values
+        partial = [g for g in peer.received["/bev/occupancy"]
+                   if g.header.stamp.sec * S + g.header.stamp.nanosec == t2]
         assert len(partial) == 1, "the set missing CAM_BACK is published, masked"
         assert int(last_values["sets_partial"]) >= 1
 
