@@ -14,11 +14,12 @@ __all__ = ["generate", "PRESETS", "SynthConfig", "make_config"]
 
 
 def generate(out_dir: str | Path, scenes: int | None = None, samples_per_scene: int | None = None,
-             seed: int = 0, version: str = "v1.0-mini", preset: str | None = "tiny",
+             seed: int = 0, version: str | None = None, preset: str | None = "tiny",
              **settings) -> Path:
     """Write a synthetic nuScenes dataset into out_dir and return out_dir (the devkit's dataroot).
 
-    `preset` ('tiny' or 'demo') supplies defaults; explicit arguments override it. Extra keyword
+    `preset` ('tiny', 'demo' or 'wide') supplies defaults; explicit arguments override it
+    (`version` None: the preset's, else v1.0-mini). Extra keyword
     settings are SynthConfig fields (render_scale, workers, write_labels, ...). Deterministic:
     the same arguments give byte-identical tables.
     """

@@ -1,5 +1,5 @@
 """CLI: python -m training.synthetic --out DIR [--scenes N] [--samples-per-scene M] [--seed S]
-[--version v1.0-mini] [--preset tiny|demo] [--workers W]"""
+[--version v1.0-mini|v1.0-trainval] [--preset tiny|demo|wide] [--workers W]"""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples-per-scene", type=int, default=None,
                         help="keyframes per scene (2 Hz)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--version", default="v1.0-mini",
-                        help="v1.0-mini (<= 10 scenes) or v1.0-trainval")
+    parser.add_argument("--version", default=None,
+                        help="v1.0-mini (<= 10 scenes) or v1.0-trainval (default: the "
+                             "preset's, else v1.0-mini)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--workers", type=int, default=None, help="scenes rendered in parallel")
     parser.add_argument("--labels", action="store_true", default=None,
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                        only_scenes=tuple(args.only_scenes or ()))
     except ValueError as err:
         parser.error(str(err))
-    print(f"wrote {out} ({args.version}) in {time.perf_counter() - started:.1f} s")
+    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return 0
 
 
