@@ -285,6 +285,8 @@ class NodeConfig:
     tf_cache_s: float = 10.0
     # A set whose transforms or CameraInfo have not arrived yet is retried this long.
     input_wait_s: float = 0.2
+    # Threads decoding a camera set's JPEGs (the decoder releases the GIL).
+    decode_threads: int = 2
     input_qos: str = "sensor_data"
     input_qos_depth: int = 5
     occupancy_topic: str = "/bev/occupancy"
@@ -311,7 +313,7 @@ class NodeConfig:
             _check(getattr(self, name) > 0.0, f"{prefix}.{name}", "must be positive")
         for name in ("tf_tolerance_s", "input_wait_s"):
             _check(getattr(self, name) >= 0.0, f"{prefix}.{name}", "must be >= 0")
-        for name in ("sync_queue_size", "input_qos_depth"):
+        for name in ("sync_queue_size", "input_qos_depth", "decode_threads"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
         for name in ("image_topic_pattern", "camera_info_topic_pattern"):
             _check("{camera}" in getattr(self, name), f"{prefix}.{name}",

@@ -26,6 +26,7 @@ input.camera_poses 'static'. Both data sources get this from the config alone.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,17 +144,22 @@ def camera_image(cam: CameraInput, rc: ResizeCrop, reduced: bool = True,
     return resize_crop_image(raw, rc, resample)
 
 
-def decode_frame(frame: RawFrame, plan: AssemblyPlan) -> RawFrame:
+def decode_frame(frame: RawFrame, plan: AssemblyPlan,
+                 map_fn: Callable[..., Iterable] = map) -> RawFrame:
     """The frame with every encoded image decoded as `assemble` would decode it (DCT-scaled
     to the plan's resize), so a caller can time decoding on its own; `assemble` of the result
-    equals `assemble` of the input."""
+    equals `assemble` of the input. `map_fn` (e.g. a thread pool's `map`) decodes the cameras
+    concurrently."""
     def decoded(s: int, cam: CameraInput) -> CameraInput:
         target_hw = _decode_target_hw(cam, plan.resize_crops[s], plan.reduced_decode)
         return dataclasses.replace(cam, image=decode_image(cam.image, cam.raw_hw, target_hw,
                                                            cam.origin))
 
-    cameras = [decoded(s, cam) if isinstance(cam.image, (bytes, bytearray, memoryview)) else cam
-               for s, cam in enumerate(frame.cameras)]
+    def maybe_decoded(s: int, cam: CameraInput) -> CameraInput:
+        encoded = isinstance(cam.image, (bytes, bytearray, memoryview))
+        return decoded(s, cam) if encoded else cam
+
+    cameras = list(map_fn(maybe_decoded, range(len(frame.cameras)), frame.cameras))
     return dataclasses.replace(frame, cameras=cameras)
 
 

@@ -10,6 +10,7 @@ base_link mapping; a change of either input rebuilds them (`RigState.rebuilt`).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -64,6 +65,8 @@ class BevPipeline:
         self.source = source
         self.voxels = VoxelGrid(cfg.grid)
         self.plan = AssemblyPlan.plain(cfg)
+        # JPEG decoding releases the GIL: a set's six images decode in parallel.
+        self.decoder = ThreadPoolExecutor(cfg.node.decode_threads, "simplebev-decode")
         self.rig: RigState | None = None
         self.use_table = cfg.input.camera_poses == "static"
 
@@ -105,7 +108,7 @@ class BevPipeline:
     def run(self, raw: RawFrame, rig: RigState) -> BevResult:
         """Decode, assemble, model, post-process (no message or TF state is touched)."""
         timings, t = {}, time.perf_counter()
-        decoded = decode_frame(raw, self.plan)
+        decoded = decode_frame(raw, self.plan, self.decoder.map)
         timings["decode"], t = _lap(t)
         sample = assemble(decoded, self.cfg, self.plan, self.voxels)
         timings["assemble"], t = _lap(t)
