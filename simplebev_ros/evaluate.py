@@ -160,7 +160,7 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
             if status.name.startswith("simplebev"):
                 diagnostics.update({kv.key: kv.value for kv in status.values})
 
-    node.create_subscription(OccupancyGrid, "/bev/occupancy", on_grid, 50)
+    grids = node.create_subscription(OccupancyGrid, "/bev/occupancy", on_grid, 50)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     image_type = message_class("sensor_msgs/msg/CompressedImage")
 
@@ -192,6 +192,12 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
         if not player.wait_for_subscribers([ref_topic, "/tf"], 120.0):
             raise BagError(f"no node subscribed to {ref_topic} within 120 s "
                            "(is simplebev_node running?)")
+        # The node's grid publisher must be matched too, or its first grids are lost.
+        limit = time.monotonic() + 60.0
+        while grids.get_publisher_count() == 0 and time.monotonic() < limit:
+            time.sleep(0.05)
+        if grids.get_publisher_count() == 0:
+            raise BagError("the node subscribed to its inputs but publishes no /bev/occupancy")
         time.sleep(1.0)  # let every subscription of the node match, not only the first ones
         start = time.monotonic()
         player.play()
@@ -214,7 +220,12 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
             import signal
 
             proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=30)
+            try:
+                out, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # never leave a node behind to answer the next run's inputs
+                out, _ = proc.communicate()
+                raise RuntimeError(f"the node did not stop within 30 s of SIGINT:\n{out}")
             if proc.returncode not in (0, None):
                 raise RuntimeError(f"the node exited with {proc.returncode}:\n{out}")
     ordered = [frames[k] for k in sorted(frames)]

@@ -7,14 +7,17 @@ grid (`empty`: 0 on every seen cell).
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import numpy as np
 
 
 def main() -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
     from nav_msgs.msg import OccupancyGrid
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CompressedImage
@@ -26,7 +29,11 @@ def main() -> int:
     bag, mode = sys.argv[1], sys.argv[2]
     truth = {m.stamp_ns: deserialize_message(m.cdr, OccupancyGrid)
              for m in read_bag(bag, [GT_TOPIC])}
-    rclpy.init()
+    # Our own SIGINT handling: stop spinning, then shut down in order (rclpy's default handler
+    # can leave a spinning process behind on a busy machine).
+    stop = threading.Event()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     node = rclpy.create_node("simplebev_node")
     publisher = node.create_publisher(OccupancyGrid, "/bev/occupancy", 10)
 
@@ -43,13 +50,13 @@ def main() -> int:
 
     node.create_subscription(CompressedImage, "/CAM_FRONT/image_rect_compressed", on_image, 50)
     node.create_subscription(TFMessage, "/tf", lambda msg: None, 50)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    while not stop.is_set():
+        executor.spin_once(timeout_sec=0.1)
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.try_shutdown()
     return 0
 
 
