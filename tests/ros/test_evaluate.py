@@ -74,9 +74,13 @@ def test_replay_keeps_the_bags_timing_latches_tf_static_and_sends_bytes_unchange
         from rclpy.serialization import deserialize_message
         from rosgraph_msgs.msg import Clock
 
-        clock = [deserialize_message(b, Clock).clock for b in received["/clock"]]
-        clock_ns = [c.sec * 10**9 + c.nanosec for c in clock]
-        assert clock_ns == sorted(clock_ns) and clock_ns[-1] == messages[-1].stamp_ns
+        def clock_ns() -> list[int]:
+            clock = [deserialize_message(b, Clock).clock for b in list(received["/clock"])]
+            return [c.sec * 10**9 + c.nanosec for c in clock]
+
+        # The last /clock goes out just before the last message: wait for it to arrive too.
+        assert peer.wait_for(lambda: clock_ns()[-1:] == [messages[-1].stamp_ns], 10.0)
+        assert clock_ns() == sorted(clock_ns())
 
         # /tf_static is latched: a subscriber that joins after the bag played still gets it.
         from rclpy.qos import DurabilityPolicy, QoSProfile
