@@ -10,8 +10,10 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -118,3 +120,29 @@ def radar_echo_model(directory: Path, **overrides: Any) -> tuple[Path, Path]:
         head[3].bias[0] = -6.0  # p = 0.25 % where no radar point is
     checkpoint = save_checkpoint(directory / "model.pt", model, cfg, step=1)
     return Path(checkpoint), write_params_file(cfg, directory / "params.yaml")
+
+
+@dataclass
+class NodeRun:
+    proc: subprocess.Popen
+    peer: Peer
+    code: int | None = None  # the node's exit code and output, once the block has left
+    out: str = ""
+
+
+@contextmanager
+def node_with_peer(cmd: list[str]) -> Iterator[NodeRun]:
+    """The node started with `cmd` and a Peer in this process. Leaving the block closes the peer
+    and stops the node with SIGINT (its exit code and output land on the NodeRun); a failure
+    inside the block is re-raised with what the node printed beside it."""
+    run = NodeRun(start_node(cmd), Peer())
+    failure = None
+    try:
+        yield run
+    except Exception as e:
+        failure = e
+    finally:
+        run.peer.close()
+        run.code, run.out = stop_node(run.proc)
+    if failure is not None:
+        raise AssertionError(f"{failure!r}\n--- node output ---\n{run.out}") from failure

@@ -31,8 +31,8 @@ from simplebev_ros.tf_buffer import transform_to_matrix  # noqa: E402
 from training import bag_messages as bm  # noqa: E402
 from training.nuscenes_to_bag import convert  # noqa: E402
 
-from .node_harness import (TINY, Peer, node_command, radar_echo_model, start_node,  # noqa: E402
-                           stop_node, tiny_model)
+from .node_harness import (TINY, node_command, node_with_peer,  # noqa: E402
+                           Peer, radar_echo_model, tiny_model)
 
 S = 1_000_000_000
 
@@ -77,9 +77,8 @@ def set_parameter(peer: Peer, name: str, value: float) -> tuple[bool, str]:
 def test_node_end_to_end_on_a_bag_then_bad_input_then_sigint(tiny_bag, tmp_path):
     checkpoint, params = tiny_model(tmp_path)
     cfg = load_config(params)
-    proc = start_node(node_command(params, "-p", f"checkpoint:={checkpoint}"))
-    peer = Peer()
-    try:
+    with node_with_peer(node_command(params, "-p", f"checkpoint:={checkpoint}")) as run:
+        proc, peer = run.proc, run.peer
         for topic, kind in (("/bev/occupancy", OccupancyGrid), ("/bev/instances", BevInstances),
                             ("/bev/markers", MarkerArray), ("/diagnostics", DiagnosticArray)):
             peer.listen(topic, kind)
@@ -154,15 +153,7 @@ def test_node_end_to_end_on_a_bag_then_bad_input_then_sigint(tiny_bag, tmp_path)
         ok, reason = set_parameter(peer, "node.sync_slop_s", 0.5)
         assert not ok and "read-only" in reason.lower()
         assert proc.poll() is None, "the node must survive all of the above"
-    except Exception as e:  # show what the node said next to the failure
-        failure = e
-    else:
-        failure = None
-    finally:
-        peer.close()
-        code, out = stop_node(proc)
-    if failure is not None:
-        raise AssertionError(f"{failure!r}\n--- node output ---\n{out}") from failure
+    code, out = run.code, run.out
     assert code == 0, out
     assert "Traceback" not in out, out
     assert "post-processing updated: postprocess.center_threshold=0.9" in out
@@ -226,9 +217,8 @@ def test_planted_radar_target_lights_its_cells_and_late_tf_is_waited_for(tiny_ba
     late_tf = [m for m in second if m.topic == "/tf"]
     second = sorted((m for m in second if m.topic != "/tf"), key=lambda m: m.stamp_ns)
 
-    proc = start_node(node_command(params, "-p", f"checkpoint:={checkpoint}"))
-    peer = Peer()
-    try:
+    with node_with_peer(node_command(params, "-p", f"checkpoint:={checkpoint}")) as run:
+        proc, peer = run.proc, run.peer
         peer.listen("/bev/occupancy", OccupancyGrid)
         peer.listen("/diagnostics", DiagnosticArray)
         assert peer.wait_for_node("simplebev_node"), proc.stdout
@@ -256,15 +246,7 @@ def test_planted_radar_target_lights_its_cells_and_late_tf_is_waited_for(tiny_ba
                 assert min(max(abs(r - lr), abs(c - lc)) for r, c in cells) <= 1, (stamp, lit)
         assert all(int(diag_values(d).get("sets_failed", 0)) == 0
                    for d in peer.received["/diagnostics"])
-    except Exception as e:  # show what the node said next to the failure
-        failure = e
-    else:
-        failure = None
-    finally:
-        peer.close()
-        code, out = stop_node(proc)
-    if failure is not None:
-        raise AssertionError(f"{failure!r}\n--- node output ---\n{out}") from failure
+    code, out = run.code, run.out
     assert code == 0, out
     assert "radar occupancy from" in out  # the radar mode it logged
 
