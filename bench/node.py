@@ -12,8 +12,11 @@ set being sent to the grid arriving here. Without `--checkpoint` the model is th
 
 Prints: sets sent, grids received and throughput; end-to-end latency percentiles; the node's
 per-stage medians (its /diagnostics) and their shares; the time outside the model at p50 as a
-share of the model's time; sets the node dropped; and how many grids waited longer than one
-input period before their processing began (a set delayed behind a stale one would).
+share of the model's time, split into the wait for the model to finish the previous set (a set
+that completes while the model is busy waits on average half an input period), the node's own
+stages, and transport; the overhead (latency less that wait and the model); sets the node
+dropped; and how many grids waited longer than one input period before their processing
+began (a set delayed behind a stale one would).
 """
 from __future__ import annotations
 
@@ -274,9 +277,18 @@ def report(args: argparse.Namespace, cfg: Any, sent: dict[int, int],
             f"{s} {v:.1f} ({100 * v / total:.0f}%)" for s, v in stages.items()))
     if "model" in stages:
         model = stages["model"]
-        outside = statistics.median(latencies) - model
+        e2e = statistics.median(latencies)
+        outside = e2e - model
         print(f"outside the model at p50: {outside:.1f} ms = {100 * outside / model:.1f}% of the "
               f"model's {model:.1f} ms")
+        queue = float(diag.get("latency_queue_ms_p50", "nan"))
+        work = total - model
+        overhead = e2e - queue - model
+        print(f"  of which: waiting for the model to finish the previous set (queue, p50) "
+              f"{queue:.1f} ms; the node's own stages {work:.1f} ms; transport, sync and "
+              f"delivery {overhead - work:.1f} ms")
+        print(f"overhead outside the model (p50 latency - queue - model, medians): "
+              f"{overhead:.1f} ms = {100 * overhead / model:.1f}% of the model's time")
         period = 1e3 / args.rate
         waited = sum(1 for lat in latencies if lat - total > period)
         print(f"grids that waited more than one input period ({period:.0f} ms) before processing "

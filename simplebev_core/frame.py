@@ -26,7 +26,7 @@ input.camera_poses 'static'. Both data sources get this from the config alone.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,24 +124,47 @@ def _decode_target_hw(cam: CameraInput, rc: ResizeCrop, reduced: bool) -> tuple[
     return tuple(rc.resized_hw) if reduced else tuple(cam.raw_hw)
 
 
+def source_image(cam: CameraInput, rc: ResizeCrop, reduced: bool = True) -> Tensor | None:
+    """One camera's decoded (3, h, w) uint8 image before the resize-crop (None: missing).
+    reduced: JPEGs may be decoded DCT-reduced."""
+    if cam.image is None:
+        return None
+    target_hw = _decode_target_hw(cam, rc, reduced)
+    if not isinstance(cam.image, Tensor):
+        return decode_image(cam.image, cam.raw_hw, target_hw, cam.origin)
+    f = reduced_factor(cam.raw_hw, target_hw)
+    allowed = {(3,) + tuple(cam.raw_hw), (3, cam.raw_hw[0] // f, cam.raw_hw[1] // f)}
+    if tuple(cam.image.shape) not in allowed:
+        raise ValueError(f"{cam.origin}: image of shape {tuple(cam.image.shape)} for raw size "
+                         f"{cam.raw_hw} (image size changed, CameraInfo does not match, or "
+                         f"decoded for another data.compat)")
+    return cam.image
+
+
 def camera_image(cam: CameraInput, rc: ResizeCrop, reduced: bool = True,
                  resample: str = "antialiased_bilinear") -> Tensor:
     """One camera's (3, H, W) float32 network input in [0, 1] under a resize-crop.
     reduced: JPEGs may be decoded DCT-reduced; resample: preprocess.RESAMPLING."""
-    if cam.image is None:
-        return torch.zeros((3,) + tuple(rc.final_hw), dtype=torch.float32)
-    target_hw = _decode_target_hw(cam, rc, reduced)
-    if isinstance(cam.image, Tensor):
-        raw = cam.image
-        f = reduced_factor(cam.raw_hw, target_hw)
-        allowed = {(3,) + tuple(cam.raw_hw), (3, cam.raw_hw[0] // f, cam.raw_hw[1] // f)}
-        if tuple(raw.shape) not in allowed:
-            raise ValueError(f"{cam.origin}: image of shape {tuple(raw.shape)} for raw size "
-                             f"{cam.raw_hw} (image size changed, CameraInfo does not match, or "
-                             f"decoded for another data.compat)")
-    else:
-        raw = decode_image(cam.image, cam.raw_hw, target_hw, cam.origin)
-    return resize_crop_image(raw, rc, resample)
+    return camera_images([cam], [rc], reduced, resample)[0]
+
+
+def camera_images(cams: Sequence[CameraInput], rcs: Sequence[ResizeCrop], reduced: bool = True,
+                  resample: str = "antialiased_bilinear") -> list[Tensor]:
+    """`camera_image` of every camera; cameras whose images share a size, type and resize-crop
+    (a rig at inference) are resized in one batched call, which gives the same values."""
+    sources = [source_image(cam, rc, reduced) for cam, rc in zip(cams, rcs)]
+    images: list[Tensor | None] = [None] * len(cams)
+    groups: dict[tuple, list[int]] = {}
+    for s, (src, rc) in enumerate(zip(sources, rcs)):
+        if src is None:
+            images[s] = torch.zeros((3,) + tuple(rc.final_hw), dtype=torch.float32)
+        else:
+            groups.setdefault((tuple(src.shape), src.dtype, rc), []).append(s)
+    for (_, _, rc), members in groups.items():
+        batch = torch.stack([sources[s] for s in members])
+        for s, image in zip(members, resize_crop_image(batch, rc, resample)):
+            images[s] = image
+    return images
 
 
 def decode_frame(frame: RawFrame, plan: AssemblyPlan,
@@ -173,12 +196,10 @@ def assemble(frame: RawFrame, cfg: SimpleBevConfig, plan: AssemblyPlan | None = 
     half_pixel = cfg.model.pixel_convention == "exact"
     dropped = plan.dropped or (False,) * len(frame.cameras)
     reduced, resample = reduced_decode(cfg), image_resampling(cfg)
-    images, Ks = [], []
-    for s, cam in enumerate(frame.cameras):
-        rc = plan.resize_crops[s]
-        image = camera_image(cam, rc, reduced, resample)
-        images.append(torch.zeros_like(image) if dropped[s] else image)
-        Ks.append(resize_crop_intrinsics(cam.pix_T_cam.float(), cam.raw_hw, rc, half_pixel))
+    images = camera_images(frame.cameras, plan.resize_crops, reduced, resample)
+    images = [torch.zeros_like(image) if drop else image for image, drop in zip(images, dropped)]
+    Ks = [resize_crop_intrinsics(cam.pix_T_cam.float(), cam.raw_hw, rc, half_pixel)
+          for cam, rc in zip(frame.cameras, plan.resize_crops)]
     ego_T_cams = torch.stack([cam.ego_T_cam.float() for cam in frame.cameras])
     radar = None
     if cfg.model.radar != "none":

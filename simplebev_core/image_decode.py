@@ -41,7 +41,7 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, raw_hw: tupl
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if buf.size == 0:
         raise ImageDecodeError(f"{origin}: empty image data")
-    check_complete(buf.tobytes()[:4], buf[-32:].tobytes(), origin)
+    check_complete(buf[:4].tobytes(), buf[-32:].tobytes(), origin)
     bgr = cv2.imdecode(buf, flags[factor])
     if bgr is None:
         raise ImageDecodeError(f"{origin}: cannot be decoded (corrupt, truncated or not JPEG/PNG)")

@@ -194,7 +194,9 @@ class BevNode(Node):
             self._time_jumps = self.sync.counts["time_jumps"]
             self._reset("camera stamps jumped backwards")
         for synced in sets:
-            if self.mailbox.put(synced):
+            # With the release time: the worker reports how long a set waited for the model
+            # to finish the previous one ("queue"), apart from the node's own stages.
+            if self.mailbox.put((synced, time.perf_counter())):
                 self.stats.counts["dropped_busy"] += 1
 
     def _on_camera_info(self, slot: int, msg: Any) -> None:
@@ -248,11 +250,13 @@ class BevNode(Node):
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
         while self._running:
-            synced = self.mailbox.take(0.1)
-            if synced is not None:
-                self._process(synced, time.monotonic() + self.cfg.node.input_wait_s)
+            taken = self.mailbox.take(0.1)
+            if taken is not None:
+                synced, released = taken
+                self._process(synced, time.perf_counter() - released,
+                              time.monotonic() + self.cfg.node.input_wait_s)
 
-    def _process(self, synced: SyncedSet, wait_until: float) -> None:
+    def _process(self, synced: SyncedSet, queue_s: float, wait_until: float) -> None:
         while True:
             try:
                 t = time.perf_counter()
@@ -281,7 +285,7 @@ class BevNode(Node):
             self.stats.failed()
             self._count_error(e)
             return
-        result.timings = {"inputs": inputs_s, **result.timings}
+        result.timings = {"queue": queue_s, "inputs": inputs_s, **result.timings}
         self._publish(result, synced)
 
     def _publish(self, result: BevResult, synced: SyncedSet) -> None:

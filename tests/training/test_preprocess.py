@@ -80,6 +80,39 @@ def test_plain_resize_is_identity_at_same_size_and_scales_intrinsics_upstream_st
     assert K2[0, 0] == 25.0 and K2[0, 2] == 15.0 and K2[1, 2] == 10.0
 
 
+@pytest.mark.parametrize("resample", ["antialiased_bilinear", "pil_bicubic"])
+@pytest.mark.parametrize("rc", [ResizeCrop.plain((12, 20)), ResizeCrop((14, 24), -1, 3, (12, 20))])
+def test_a_batch_resizes_to_exactly_the_per_image_results(resample, rc):
+    # The node resizes a rig's six images in one call; training resizes cameras one by one.
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 45, 80), dtype=torch.uint8, generator=g)
+    batched = resize_crop_image(images, rc, resample)
+    assert batched.shape == (6, 3, 12, 20)
+    for image, out in zip(images, batched):
+        assert torch.equal(out, resize_crop_image(image, rc, resample))
+
+
+def test_assemble_batches_only_cameras_that_share_size_and_resize_crop():
+    from simplebev_core.config import load_config
+    from simplebev_core.frame import AssemblyPlan, CameraInput, RawFrame, assemble, camera_image
+
+    cfg = load_config()
+    g = torch.Generator().manual_seed(1)
+    cams = [CameraInput(torch.randint(0, 256, (3, 90, 160), dtype=torch.uint8, generator=g),
+                        (90, 160), intrinsics_matrix(80.0, 80.0, 80.0, 45.0), torch.eye(4))
+            for _ in cfg.input.cameras]
+    cams[2].image = None  # a missing camera is black
+    final = (cfg.input.image_height, cfg.input.image_width)
+    rcs = tuple(ResizeCrop.plain(final) if s % 2 else ResizeCrop((final[0] + 8, final[1]), 4, 0,
+                                                                   final)
+                for s in range(len(cams)))
+    plan = AssemblyPlan(0, rcs, (False,) * len(cams))
+    sample = assemble(RawFrame(tuple(cfg.input.cameras), cams), cfg, plan)
+    for s, (cam, rc) in enumerate(zip(cams, rcs)):
+        assert torch.equal(sample.images[s], camera_image(cam, rc)), s
+    assert sample.images[2].abs().sum() == 0
+
+
 def test_reference_camera_change_keeps_points_consistent():
     ego_T_cams = torch.stack([ego_T_cam(55), ego_T_cam(0), ego_T_cam(-55),
                               ego_T_cam(180, (-1.0, 0.0, 1.5))])
