@@ -29,6 +29,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from simplebev.msg import BevInstances
+from simplebev_core.allocator import keep_freed_memory
 from simplebev_core.checkpoint import CheckpointError
 from simplebev_core.config import NODE_NAME, ConfigError, load_config
 from simplebev_core.device import DeviceError, resolve_device
@@ -316,6 +317,7 @@ class BevNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point; user errors at start-up print one paragraph and return 2."""
+    keep_freed_memory()
     try:
         rclpy.init(args=args)
     except Exception as e:  # rcl rejects malformed --ros-args or params files here

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from simplebev_core.allocator import keep_freed_memory
 from simplebev_core.checkpoint import checkpoint_config, checkpoints_to_evaluate, load_checkpoint
 from simplebev_core.config import SimpleBevConfig, resolve_config
 from simplebev_core.device import resolve_device
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     return report_user_errors(lambda: run(args))
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from simplebev_core.allocator import keep_freed_memory
 from simplebev_core.checkpoint import (
     CHECKPOINT_DIR, FORMAT_NAME, CheckpointError, checkpoint_path, list_checkpoints,
     load_checkpoint, locate_run, prune_checkpoints, read_checkpoint, save_checkpoint,
@@ -677,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
 
     def run() -> int:
         try:
