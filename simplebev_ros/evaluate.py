@@ -117,6 +117,23 @@ def reference_camera_xy(messages: Sequence[Recorded], ref_camera: str) -> tuple[
     raise BagError(f"the bag's /tf_static has no transform of the reference camera '{ref_camera}'")
 
 
+
+def stop_node(proc: subprocess.Popen) -> str | None:
+    """SIGINT the node this tool started and wait for it; a node that ignores SIGINT for 30 s
+    is killed (never left behind to answer the next run's inputs). Returns the problem."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        return f"the node did not stop within 30 s of SIGINT:\n{out}"
+    if proc.returncode not in (0, None):
+        return f"the node exited with {proc.returncode}:\n{out}"
+    return None
+
 def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s: float,
         node_cmd: list[str] | None = None) -> tuple[Report, list[Recorded]]:
     import rclpy
@@ -180,6 +197,17 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
 
     thread = threading.Thread(target=spin, daemon=True)
     thread.start()
+
+    def close() -> str | None:
+        """Stop spinning and the started node; what went wrong stopping it, if anything."""
+        nonlocal spinning
+        spinning = False
+        thread.join()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return None if proc is None else stop_node(proc)
+
     try:
         if proc is not None:  # the node loads its model first; fail fast if it exits
             limit = time.monotonic() + 120.0
@@ -210,24 +238,14 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
             time.sleep(0.05)
         duration = max((received[-1] if received else time.monotonic()) - start, 1e-9)
         time.sleep(1.2)  # one more diagnostics period
-    finally:
-        spinning = False
-        thread.join()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-        if proc is not None:
-            import signal
-
-            proc.send_signal(signal.SIGINT)
-            try:
-                out, _ = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()  # never leave a node behind to answer the next run's inputs
-                out, _ = proc.communicate()
-                raise RuntimeError(f"the node did not stop within 30 s of SIGINT:\n{out}")
-            if proc.returncode not in (0, None):
-                raise RuntimeError(f"the node exited with {proc.returncode}:\n{out}")
+    except BaseException as e:
+        problem = close()
+        if problem:
+            e.add_note(problem)  # the first failure stays the error; the node's is added
+        raise
+    problem = close()
+    if problem:
+        raise RuntimeError(problem)
     ordered = [frames[k] for k in sorted(frames)]
     cell_distance = cell_distance_m(gt_info, reference_camera_xy(messages, ref_camera))
     acc, missing = score(ordered, threshold, cell_distance)

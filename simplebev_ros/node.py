@@ -44,7 +44,7 @@ from .errors import InputError, MissingInputError
 from .frame_source import FrameSource
 from .pipeline import BevPipeline, BevResult
 from .sync import BACKWARDS_JUMP_S, CameraSync, SyncedSet
-from .tf_buffer import ExtrapolationException, TransformException, make_tf_buffer
+from .tf_buffer import TransformException, make_tf_buffer
 
 STARTUP_ERRORS = (ConfigError, CheckpointError, ConfigMismatchError, DeviceError, ValueError)
 FRAME_ERRORS = (InputError, TransformException, ImageDecodeError)
@@ -264,8 +264,9 @@ class BevNode(Node):
                 with self.lock:
                     raw, rig = self.pipeline.inputs(synced)
                 break
-            except (MissingInputError, ExtrapolationException) as e:
-                # CameraInfo or a transform may still be on its way (topics are not ordered):
+            except (MissingInputError, TransformException) as e:
+                # CameraInfo or a transform may still be on its way (topics are not ordered;
+                # at start-up the TF tree may not know the frames yet):
                 # retry for a short while, unless a newer set is already waiting.
                 if time.monotonic() >= wait_until or self.mailbox.waiting() or not self._running:
                     self.stats.failed()
