@@ -4,9 +4,12 @@ By default glibc serves large allocations (above a threshold it adapts between 1
 32 MiB) with fresh `mmap`s and returns freed memory to the kernel, so a new tensor of a few
 megabytes has to fault in its pages again, and page faults are slow in virtual machines.
 Inference and training allocate the same sizes every frame or step, so keeping the memory is
-both faster and bounded by the largest working set. Measured on a 2-core VM
-(`python -m bench.allocator`): converting a rig's six decoded images to float and scaling them
-7.2 ms -> 0.4 ms; the CPU demo model's forward pass 157 -> 124 ms (medians).
+faster and bounded by the largest working set. Measured on a 2-core VM (`python -m
+bench.allocator`, two runs): converting a rig's six decoded images to float and scaling them,
+in the main thread, 6.7 / 7.9 ms -> 0.4 / 0.7 ms; the CPU demo model's forward pass 139 -> 123
+and 145 -> 147 ms, i.e. no change beyond the noise. Threads other than the main one allocate
+from their own arenas, where the defaults did not fault pages in here either, so the gain is
+the main thread's: the training loader's worker processes assemble samples there.
 
 Only glibc's allocator is tuned; elsewhere (macOS, musl) this does nothing.
 """
