@@ -336,6 +336,11 @@ def main(args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down from rclpy's signal handler; if that lands while the
+        # executor builds its wait set, spin() raises RCLError instead. Not an error then.
+        if rclpy.ok():
+            raise
     finally:
         node.stop()
         executor.shutdown()
