@@ -1,7 +1,7 @@
 """End-to-end timing of the node under a live six-camera stream.
 
     python -m bench.node [--dataroot DIR] [--checkpoint PT --params-file YAML] [--rate 12]
-                         [--duration 30] [--device cpu|cuda|auto]
+                         [--duration 30] [--device cpu|cuda|auto] [--node-param KEY:=VALUE]
 
 The node runs in its own process, started with the command line users run. This process
 publishes a synthetic rig at `--rate` Hz: the synthetic world's keyframes in a loop (the
@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=12.0)
     p.add_argument("--warmup", type=float, default=5.0, help="seconds streamed before measuring")
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured")
+    p.add_argument("--node-param", action="append", default=[], metavar="KEY:=VALUE",
+                   help="a parameter for the node's command line, e.g. node.torchscript:=false "
+                        "(repeatable)")
     args = p.parse_args(argv)
     set_ros_environment()
     import rclpy
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = [sys.executable, "-m", "simplebev_ros.node", "--ros-args", "--params-file", str(params),
            "-p", f"checkpoint:={checkpoint}", "-p", f"node.device:={args.device}"]
+    for param in args.node_param:
+        cmd += ["-p", param]
     node_log = open(work / "node.log", "w")
     node_proc = subprocess.Popen(cmd, stdout=node_log, stderr=subprocess.STDOUT, text=True)
     rclpy.init()
@@ -258,7 +263,8 @@ def report(args: argparse.Namespace, cfg: Any, sent: dict[int, int],
            arrivals: list[tuple[int, int]], diag: dict[str, str]) -> None:
     latencies = [1e-6 * (arrived - sent[stamp]) for stamp, arrived in arrivals if stamp in sent]
     print(f"model {cfg.model.encoder} {cfg.input.image_height}x{cfg.input.image_width} grid "
-          f"{list(cfg.grid.voxels_zyx)} on {args.device}; {args.rate:g} Hz for "
+          f"{list(cfg.grid.voxels_zyx)} on {args.device} ({diag.get('runtime', '?')}); "
+          f"{args.rate:g} Hz for "
           f"{args.duration:g} s after {args.warmup:g} s of warm-up")
     print(f"sets sent {len(sent)}, grids received {len(latencies)} "
           f"({len(latencies) / args.duration:.2f} Hz), sets not processed "

@@ -265,6 +265,9 @@ class NodeConfig:
     # exports are cached in export_cache_dir, keyed by weights and calibration.
     backend: str = "torch"
     export_cache_dir: str = "~/.cache/simplebev"
+    # backend torch without amp: run the model as frozen TorchScript (simplebev_core.torchscript;
+    # checked against the eager model at start-up), else eagerly.
+    torchscript: bool = True
     # Per-camera topics: '{camera}' is replaced by each name in input.cameras (use ROS
     # remapping for topics that do not follow a pattern).
     image_topic_pattern: str = "/{camera}/image_rect_compressed"

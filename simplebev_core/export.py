@@ -183,11 +183,8 @@ class FixedRigSegnet(nn.Module):
 
     def forward(self, images: Tensor, radar: Tensor | None = None) -> tuple[Tensor, ...]:
         m = self.model
-        B, S = images.shape[:2]
         x = images.to(m.mean.dtype) / 255.0 if self.uint8_images else images
-        feats = m.encoder(((x - m.mean) / m.std).flatten(0, 1))  # (B*S, C, Hf, Wf)
-        feats = feats.reshape(B, S, *feats.shape[1:])
-        out = m.decoder(m.compress(self.lift(feats), radar))
+        out = m.bev_head(self.lift(m.encode(x)), radar)
         return out.segmentation, out.center, out.offset
 
 

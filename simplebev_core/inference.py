@@ -20,6 +20,7 @@ from .lift import LiftTable
 from .model import BevOutput, Segnet, build_model, feature_size
 from .radar import META_RADAR_CHANNELS
 from .sample import Sample
+from .torchscript import FrozenSegnet, freeze_segnet
 
 # Sections the checkpoint's config must agree with, and keys that do not change the network's
 # function at inference (initialisation, train-time augmentation, lift implementation).
@@ -87,11 +88,23 @@ def load_inference_model(cfg: SimpleBevConfig, checkpoint: str | Path,
 class Predictor:
     """Runs a loaded model on single Samples; outputs come back as float32 CPU tensors."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "none"):
+    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "none",
+                 torchscript: bool = False):
+        """torchscript: run frozen TorchScript stages (simplebev_core.torchscript), built by
+        `warm_up`; not combined with autocast (amp), which runs the model eagerly."""
         if amp != "none" and device.type != "cuda":
             raise ValueError(f"amp '{amp}' needs a CUDA device (device is {device})")
         self.loaded, self.device = loaded, device
         self.amp_dtype = AMP_DTYPES.get(amp)
+        self.torchscript = torchscript and self.amp_dtype is None
+        self.frozen: FrozenSegnet | None = None
+
+    @property
+    def runtime(self) -> str:
+        """How the model runs, for logs and diagnostics."""
+        if self.frozen is not None:
+            return "torchscript (frozen)"
+        return "eager" if self.amp_dtype is None else f"eager, {self.amp_dtype} autocast"
 
     def make_lift_table(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int]
                         ) -> LiftTable:
@@ -110,15 +123,25 @@ class Predictor:
         images = sample.images[None].to(self.device, non_blocking=True)
         pix, ref = sample.pix_T_cams[None].to(self.device), sample.ref_T_cams[None].to(self.device)
         radar = None if sample.radar is None else sample.radar[None].to(self.device)
+        model = self.frozen or self.loaded.model
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            out = self.loaded.model(images, pix, ref, radar, lift_table=lift_table)
+            out = model(images, pix, ref, radar, lift_table=lift_table)
         return BevOutput(out.segmentation.float().cpu(), out.center.float().cpu(),
                          out.offset.float().cpu(), out.features.float().cpu())
 
     def warm_up(self, sample: Sample, lift_table: LiftTable | None = None) -> None:
-        """One forward on a black frame of the right shapes (kernels, allocator, caches)."""
-        self(dataclasses.replace(sample, images=torch.zeros_like(sample.images)), lift_table)
+        """One forward on a black frame of the right shapes (kernels, allocator, caches);
+        first, with `torchscript`, the frozen stages for these shapes (TorchScriptError when
+        they disagree with the eager model)."""
+        blank = dataclasses.replace(sample, images=torch.zeros_like(sample.images))
+        if self.torchscript and self.frozen is None:
+            radar = None if blank.radar is None else blank.radar[None].to(self.device)
+            with torch.inference_mode(False):
+                self.frozen = freeze_segnet(self.loaded.model, blank.images[None].to(self.device),
+                                            blank.pix_T_cams[None].to(self.device),
+                                            blank.ref_T_cams[None].to(self.device), radar)
+        self(blank, lift_table)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -7,6 +7,7 @@ pixels, Z Y X voxel axes (Z forward, Y down, X right in the reference camera fra
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -186,26 +187,45 @@ class Segnet(nn.Module):
         lift_table: a LiftTable for this batch's calibration (skips projecting every voxel)
         """
         self._validate(images, pix_T_cams, ref_T_cams, radar)
-        B, S, _, H, W = images.shape
         if self.training and self.cfg.model.rand_flip and flips is None:
-            flips = draw_flips(B, S, generator)
+            flips = draw_flips(images.shape[0], images.shape[1], generator)
         if not self.training:
             flips = None  # augmentation exists only in training mode
+        return self.run_stages(images, pix_T_cams, ref_T_cams, radar, lift_table, flips)
 
+    def run_stages(self, images: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor,
+                   radar: Tensor | None = None, lift_table: LiftTable | None = None,
+                   flips: FlipPlan | None = None,
+                   encode: Callable[[Tensor], Tensor] | None = None,
+                   bev_head: Callable[..., BevOutput] | None = None) -> BevOutput:
+        """`forward` after validation: encode, lift, BEV head. `encode` and `bev_head` replace
+        the module's own stages (simplebev_core.torchscript passes compiled ones; they take no
+        flips)."""
+        H, W = images.shape[-2:]
+        feats = encode(images) if encode is not None else self.encode(images, flips)
+        volume = self.lift(feats, pix_T_cams, ref_T_cams, (H, W), lift_table)  # (B, C, Z, Y, X)
+        if flips is not None:
+            volume = apply_bev_flips(volume, flips, z_dim=-3, x_dim=-1)
+            if radar is not None:
+                radar = flip_radar(radar, flips, meta=self.cfg.model.radar == "meta")
+        if bev_head is not None:
+            return bev_head(volume, radar)
+        return self.bev_head(volume, radar, flips)
+
+    def encode(self, images: Tensor, flips: FlipPlan | None = None) -> Tensor:
+        """images (B, S, 3, H, W) in [0, 1] -> features (B, S, C, Hf, Wf)."""
+        B, S = images.shape[:2]
         x = ((images - self.mean) / self.std).flatten(0, 1)  # (B*S, 3, H, W)
         if flips is not None:
             x = flip_where(x, flips.image.to(x.device), dim=-1)
         feats = self.encoder(x)  # (B*S, C, Hf, Wf)
         if flips is not None:
             feats = flip_where(feats, flips.image.to(x.device), dim=-1)
-        Hf, Wf = feats.shape[-2:]
-        feats = feats.reshape(B, S, *feats.shape[1:])
+        return feats.reshape(B, S, *feats.shape[1:])
 
-        volume = self.lift(feats, pix_T_cams, ref_T_cams, (H, W), lift_table)  # (B, C, Z, Y, X)
-        if flips is not None:
-            volume = apply_bev_flips(volume, flips, z_dim=-3, x_dim=-1)
-            if radar is not None:
-                radar = flip_radar(radar, flips, meta=self.cfg.model.radar == "meta")
+    def bev_head(self, volume: Tensor, radar: Tensor | None = None,
+                 flips: FlipPlan | None = None) -> BevOutput:
+        """volume (B, C, Z, Y, X) and radar -> BevOutput (compress, then decode)."""
         return self.decoder(self.compress(volume, radar), flips)
 
     def lift(self, feats: Tensor, pix_T_cams: Tensor, ref_T_cams: Tensor,

@@ -96,6 +96,13 @@ class CameraIntrinsics:
         return (self.raw_hw, tuple(self.pix_T_cam.flatten().tolist()), self.frame_id)
 
 
+def camera_info_fields(msg: Any) -> tuple:
+    """What `camera_info_to_intrinsics` reads from a CameraInfo, as a comparable value."""
+    return (msg.header.frame_id, int(msg.height), int(msg.width),
+            np.asarray(msg.k, dtype=np.float64).tobytes(),
+            np.asarray(msg.d, dtype=np.float64).tobytes())
+
+
 def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
     """sensor_msgs/CameraInfo -> CameraIntrinsics. The model uses a pinhole K on the image as
     published (image_rect: already undistorted); `has_distortion` tells the caller to warn."""

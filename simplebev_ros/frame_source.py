@@ -26,8 +26,9 @@ from simplebev_core.geometry import invert_rigid
 from simplebev_core.image_decode import image_from_rgb
 from simplebev_core.radar import RadarSweep, accumulate_sweeps, sweep_lag_s
 
-from .conversions import (CameraIntrinsics, camera_info_to_intrinsics, compressed_image_bytes,
-                          image_to_rgb, pointcloud2_to_array, radar_points, stamp_to_ns)
+from .conversions import (CameraIntrinsics, camera_info_fields, camera_info_to_intrinsics,
+                          compressed_image_bytes, image_to_rgb, pointcloud2_to_array,
+                          radar_points, stamp_to_ns)
 from .errors import MissingInputError, SizeChangedError
 from .sync import RadarBuffer, SyncedSet
 from .tf_buffer import LookupException
@@ -43,6 +44,9 @@ class FrameSource:
         self.tf = tf_buffer
         self.names = tuple(cfg.input.cameras)
         self.intrinsics: list[CameraIntrinsics | None] = [None] * len(self.names)
+        # The fields each held CameraInfo was converted from: drivers repeat the same
+        # CameraInfo with every image, and a repeat needs no conversion.
+        self._camera_info_fields: list[tuple | None] = [None] * len(self.names)
         self.radar = {topic: RadarBuffer(RADAR_BUFFER_SWEEPS) for topic in cfg.node.radar_topics}
         self.radar_has_meta: dict[str, bool] = {}
         self.motion_compensated = True
@@ -51,9 +55,12 @@ class FrameSource:
     def set_camera_info(self, slot: int, msg: Any) -> bool:
         """Store camera `slot`'s CameraInfo; True when it differs from the one held (the caller
         then invalidates what it cached for the rig)."""
+        fields = camera_info_fields(msg)
+        if fields == self._camera_info_fields[slot]:
+            return False
         intrinsics = camera_info_to_intrinsics(msg)
         old = self.intrinsics[slot]
-        self.intrinsics[slot] = intrinsics
+        self.intrinsics[slot], self._camera_info_fields[slot] = intrinsics, fields
         return old is not None and old.key() != intrinsics.key()
 
     def add_radar(self, topic: str, msg: Any) -> None:

@@ -92,7 +92,8 @@ class BevNode(Node):
         self.loaded = load_inference_model(cfg, cfg.node.checkpoint, device)
         self.cfg = cfg = self.loaded.cfg
         self.device = device
-        predictor = Predictor(self.loaded, device, cfg.node.amp)
+        predictor = Predictor(self.loaded, device, cfg.node.amp,
+                              cfg.node.torchscript and cfg.node.backend == "torch")
         predictor.warm_up(blank_sample(cfg))
         self.tf = make_tf_buffer(cfg.node.tf_cache_s, cfg.node.tf_tolerance_s)
         self.source = FrameSource(cfg, self.tf)
@@ -118,8 +119,8 @@ class BevNode(Node):
                  "occupancy": f"radar occupancy from {list(cfg.node.radar_topics)}",
                  }[cfg.model.radar]
         self.get_logger().info(
-            f"model {self.loaded.name} step {self.loaded.step} on {device}"
-            f"{'' if cfg.node.amp == 'none' else ' ' + cfg.node.amp}; {radar}; camera poses "
+            f"model {self.loaded.name} step {self.loaded.step} on {device} "
+            f"({predictor.runtime}); {radar}; camera poses "
             f"{cfg.input.camera_poses}; publishing {cfg.node.occupancy_topic} "
             f"in {cfg.node.base_frame}")
 
@@ -202,9 +203,10 @@ class BevNode(Node):
 
     def _on_camera_info(self, slot: int, msg: Any) -> None:
         with self.lock:
-            intrinsics = conv.camera_info_to_intrinsics(msg)
-            if self.source.set_camera_info(slot, msg):
-                self.get_logger().info(f"CameraInfo of {self.cfg.input.cameras[slot]} changed")
+            changed = self.source.set_camera_info(slot, msg)
+            intrinsics = self.source.intrinsics[slot]
+        if changed:
+            self.get_logger().info(f"CameraInfo of {self.cfg.input.cameras[slot]} changed")
         if intrinsics.has_distortion:
             self._throttled("warning", f"distortion{slot}",
                             f"{self.cfg.input.cameras[slot]}: non-zero distortion in CameraInfo; "
@@ -305,6 +307,7 @@ class BevNode(Node):
 
     def _on_diagnostics(self) -> None:
         info = {"device": str(self.device), "model": self.loaded.name,
+                "runtime": self.pipeline.predictor.runtime,
                 "step": str(self.loaded.step),
                 "motion_compensated": str(self.source.motion_compensated)}
         statuses = self.stats.statuses(time.monotonic_ns(), self.cfg.node.camera_silence_warn_s,

@@ -109,6 +109,30 @@ def test_camera_info_to_intrinsics():
         conv.camera_info_to_intrinsics(camera_info([1, 0, 0, 0, 1, 0, 0, 0, 1], w=0))
 
 
+def test_frame_source_converts_a_repeated_camera_info_once(monkeypatch):
+    from simplebev_core.config import load_config
+    from simplebev_ros import frame_source
+    from simplebev_ros.tf_buffer import TfBuffer
+
+    calls = []
+    convert = frame_source.camera_info_to_intrinsics
+    monkeypatch.setattr(frame_source, "camera_info_to_intrinsics",
+                        lambda msg: calls.append(msg) or convert(msg))
+    source = frame_source.FrameSource(load_config(), TfBuffer(cache_s=1.0))
+    k = [1266.4, 0, 816.3, 0, 1266.4, 491.5, 0, 0, 1]
+    assert not source.set_camera_info(0, camera_info(k))  # the first one: nothing to invalidate
+    assert not source.set_camera_info(0, camera_info(k))  # a repeat (drivers send one per image)
+    assert len(calls) == 1 and source.intrinsics[0].raw_hw == (900, 1600)
+    k[2] = 800.0
+    assert source.set_camera_info(0, camera_info(k))  # changed: the rig caches are rebuilt
+    assert source.set_camera_info(0, camera_info(k, d=(0.1, 0, 0, 0, 0))) is False  # same K
+    assert len(calls) == 3 and source.intrinsics[0].has_distortion
+    with pytest.raises(CameraInfoError):
+        source.set_camera_info(0, camera_info([0.0] * 9))
+    with pytest.raises(CameraInfoError):  # a bad repeat is not mistaken for the held one
+        source.set_camera_info(0, camera_info([0.0] * 9))
+
+
 def cloud_msg(points: np.ndarray, bigendian=False, dense=True, pad=0) -> PointCloud2:
     types = {"f4": 7, "f8": 8, "i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6}
     dt = points.dtype.newbyteorder(">" if bigendian else "<")
