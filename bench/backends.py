@@ -1,5 +1,6 @@
 """Benchmark the inference backends for a fixed rig, in one run: PyTorch eager (with the
-LiftTable), torch.compile, ONNX Runtime and OpenVINO on CPU; PyTorch fp32/bf16 and TensorRT
+LiftTable), frozen TorchScript (the node's default), torch.compile, ONNX Runtime and OpenVINO
+on CPU; PyTorch fp32/bf16 and TensorRT
 fp16 on CUDA. Two configs: the CPU preset (config/synthetic_cpu.yaml on top of
 config/simplebev.yaml: effb0, 112x200, 100x4x100) and the headline one (res101, 448x800,
 200x8x200). Random weights (seed 0), a nuScenes-like six-camera rig, batch 1.
@@ -38,7 +39,7 @@ from bench.lift import PeakMemory, _rig
 REPO = Path(__file__).resolve().parent.parent
 CPU_PRESET = REPO / "config" / "synthetic_cpu.yaml"
 RAW_HW = (900, 1600)  # the rig's raw camera images (nuScenes size)
-CPU_VARIANTS = ("eager", "compile", "onnxruntime", "openvino")
+CPU_VARIANTS = ("eager", "torchscript", "compile", "onnxruntime", "openvino")
 CUDA_VARIANTS = ("cuda_fp32", "cuda_bf16", "tensorrt_fp16")
 HEADS = ("segmentation", "center", "offset")
 
@@ -104,6 +105,8 @@ def make_step(variant: str, cfg, work: Path, threads: int):
         dtype = "bf16" if variant == "cuda_bf16" else "fp32"
         backend = TorchBackend(seeded_model(cfg), cfg, rig, device, dtype)
         return backend, {}
+    if variant == "torchscript":
+        return TorchBackend(seeded_model(cfg), cfg, rig, "cpu", torchscript=True), {}
     if variant == "compile":
         from simplebev_core.export import fixed_rig_model
 

@@ -29,8 +29,10 @@ from .calibration import RigCalibration, check_cameras, model_inputs
 from .config import SimpleBevConfig, config_to_dict
 from .export import (CalibrationMismatchError, MissingPackageError)  # noqa: F401 (re-exported)
 from .export import (EXPORT_VERSION, OPSET, OUTPUT_NAMES, ExportError, check_calibration,
-                     check_consistent, export_onnx, model_hash, read_metadata, require)
+                     check_consistent, example_inputs, export_onnx, model_hash, read_metadata,
+                     require)
 from .model import Segnet
+from .torchscript import freeze_segnet
 
 KINDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
@@ -96,12 +98,15 @@ def _as_float_images(images: Tensor) -> Tensor:
 
 
 class TorchBackend(Backend):
-    """The PyTorch model with the rig's LiftTable (eager). `dtype` bf16/fp16 autocasts on CUDA."""
+    """The PyTorch model with the rig's LiftTable (eager). `dtype` bf16/fp16 autocasts on CUDA.
+    torchscript (fp32 only): batches of one run frozen TorchScript stages
+    (simplebev_core.torchscript), other batch sizes the eager model."""
 
     kind = "torch"
 
     def __init__(self, model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration,
-                 device: str | torch.device = "cpu", dtype: str = "fp32"):
+                 device: str | torch.device = "cpu", dtype: str = "fp32",
+                 torchscript: bool = False):
         super().__init__(cfg, calibration.hash)
         check_consistent(model, cfg)
         if dtype not in ("fp32", "bf16", "fp16"):
@@ -112,6 +117,13 @@ class TorchBackend(Backend):
         self.pix_T_cams, self.ref_T_cams = pix_T_cams.to(self.device), ref_T_cams.to(self.device)
         self.table = model.make_lift_table(self.pix_T_cams, self.ref_T_cams,
                                            (cfg.input.image_height, cfg.input.image_width))
+        self.frozen = None
+        if torchscript and dtype == "fp32":
+            images, *radar_or_none = example_inputs(cfg)
+            radar = radar_or_none[0] if radar_or_none else None
+            self.frozen = freeze_segnet(self.model, images.to(self.device),
+                                        self.pix_T_cams[None], self.ref_T_cams[None],
+                                        None if radar is None else radar.to(self.device))
 
     def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
         B = images.shape[0]
@@ -119,8 +131,9 @@ class TorchBackend(Backend):
         radar = None if radar is None else radar.to(self.device).float()
         autocast = self.dtype != "fp32"
         amp_dtype = torch.bfloat16 if self.dtype == "bf16" else torch.float16
+        model = self.frozen if self.frozen is not None and B == 1 else self.model
         with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=autocast):
-            out = self.model(images, self.pix_T_cams.expand(B, -1, -1, -1),
+            out = model(images, self.pix_T_cams.expand(B, -1, -1, -1),
                              self.ref_T_cams.expand(B, -1, -1, -1), radar, lift_table=self.table)
         return BackendOutput(out.segmentation.float(), out.center.float(), out.offset.float())
 

@@ -66,6 +66,18 @@ def test_torch_and_onnxruntime_backends_give_matching_grids(setup, tmp_path):
     assert torch.allclose(from_uint8.center, from_float.center)
 
 
+def test_torch_backend_with_torchscript_matches_eager(setup):
+    from simplebev_core.backends import TorchBackend
+
+    cfg, model, rig, _, _ = setup
+    eager, scripted = TorchBackend(model, cfg, rig), TorchBackend(model, cfg, rig, torchscript=True)
+    assert scripted.frozen is not None and eager.frozen is None
+    images, radar = example_inputs(cfg, batch=1, seed=5)
+    assert_same_grids(eager(images, radar), scripted(images, radar))
+    images, radar = example_inputs(cfg, batch=2, seed=6)  # traced for one: eager runs it
+    assert_same_grids(eager(images, radar), scripted(images, radar))
+
+
 def test_export_cache_is_keyed_by_weights_and_calibration(setup, tmp_path):
     cfg, model, rig, cache, first = setup
     again = build_backend("onnxruntime", model, cfg, rig, cache)
