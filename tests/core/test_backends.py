@@ -70,7 +70,8 @@ def test_torch_backend_with_torchscript_matches_eager(setup):
     from simplebev_core.backends import TorchBackend
 
     cfg, model, rig, _, _ = setup
-    eager, scripted = TorchBackend(model, cfg, rig), TorchBackend(model, cfg, rig, torchscript=True)
+    eager = TorchBackend(model, cfg, rig)
+    scripted = TorchBackend(model, cfg, rig, torchscript=True)
     assert scripted.frozen is not None and eager.frozen is None
     images, radar = example_inputs(cfg, batch=1, seed=5)
     assert_same_grids(eager(images, radar), scripted(images, radar))
