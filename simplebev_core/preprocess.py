@@ -83,7 +83,8 @@ def resize_crop_image(image: Tensor, rc: ResizeCrop, resample: str = "antialiase
     H, W = rc.final_hw
     h, w = rc.resized_hw
     if (rc.top, rc.left, h, w) == (0, 0, H, W):
-        return x.clamp_(0.0, 1.0).contiguous().reshape(lead + (3, H, W))
+        # Not in place: without a resize, x may be the caller's own float tensor.
+        return x.clamp(0.0, 1.0).contiguous().reshape(lead + (3, H, W))
     out = torch.zeros(x.shape[0], 3, H, W, dtype=torch.float32)
     y0, x0 = max(rc.top, 0), max(rc.left, 0)  # window in resized-image coordinates
     y1, x1 = min(rc.top + H, h), min(rc.left + W, w)

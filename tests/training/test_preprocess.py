@@ -75,6 +75,10 @@ def test_plain_resize_is_identity_at_same_size_and_scales_intrinsics_upstream_st
     img = torch.rand(3, 40, 60)
     rc = ResizeCrop.plain((40, 60))
     assert torch.equal(resize_crop_image(img, rc), img)
+    over = img * 2.0 - 0.5  # values outside [0, 1] come back clamped; the input is untouched
+    before = over.clone()
+    assert torch.equal(resize_crop_image(over, rc), before.clamp(0.0, 1.0))
+    assert torch.equal(over, before)
     K = intrinsics_matrix(50.0, 50.0, 30.0, 20.0)
     K2 = resize_crop_intrinsics(K, (80, 120), rc, half_pixel=False)
     assert K2[0, 0] == 25.0 and K2[0, 2] == 15.0 and K2[1, 2] == 10.0
