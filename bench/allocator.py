@@ -16,28 +16,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 MEASURE = """
-import statistics, sys, time, torch
+import sys, torch
+from bench.timing import median_ms
 from simplebev_core.allocator import keep_freed_memory
 from simplebev_core.config import load_config
 from simplebev_core.inference import Predictor, blank_sample, load_inference_model
 mode, checkpoint, params, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if mode == "keep":
     assert keep_freed_memory(), "glibc refused the settings"
-def median_ms(fn):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
 u = torch.randint(0, 256, (6, 3, 225, 400), dtype=torch.uint8)
-convert = median_ms(lambda: u.float() / 255.0)
+convert = median_ms(lambda: u.float() / 255.0, repeats)
 cfg = load_config(params)
 device = torch.device("cpu")
 predictor = Predictor(load_inference_model(cfg, checkpoint, device), device)
 sample = blank_sample(cfg)
-model = median_ms(lambda: predictor(sample))
+model = median_ms(lambda: predictor(sample), repeats)
 print(f"{convert:.2f} {model:.1f}")
 """
 

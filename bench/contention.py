@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.timing import median_ms
+
 REPO = Path(__file__).resolve().parents[1]
 BUSY_S, IDLE_S = 0.001, 0.003
 
@@ -33,16 +35,6 @@ def busy_loop(stop: threading.Event) -> None:
         while time.perf_counter() - t < BUSY_S:
             pass
         time.sleep(IDLE_S)
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
 
 
 def beside(load: str, fn, repeats: int) -> float:

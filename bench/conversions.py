@@ -10,23 +10,13 @@ CompressedImage -> bytes; a nuScenes radar PointCloud2 -> points; an OccupancyGr
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+from bench.timing import median_ms
 
 
 def main() -> int:
