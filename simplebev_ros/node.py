@@ -95,6 +95,8 @@ class BevNode(Node):
         predictor = Predictor(self.loaded, device, cfg.node.amp,
                               cfg.node.torchscript and cfg.node.backend == "torch")
         predictor.warm_up(blank_sample(cfg))
+        # What runs the model: the predictor, or an exported runtime (built per rig).
+        self.runtime = predictor.runtime if cfg.node.backend == "torch" else cfg.node.backend
         self.tf = make_tf_buffer(cfg.node.tf_cache_s, cfg.node.tf_tolerance_s)
         self.source = FrameSource(cfg, self.tf)
         self.pipeline = BevPipeline(cfg, predictor, self.source)
@@ -120,7 +122,7 @@ class BevNode(Node):
                  }[cfg.model.radar]
         self.get_logger().info(
             f"model {self.loaded.name} step {self.loaded.step} on {device} "
-            f"({predictor.runtime}); {radar}; camera poses "
+            f"({self.runtime}); {radar}; camera poses "
             f"{cfg.input.camera_poses}; publishing {cfg.node.occupancy_topic} "
             f"in {cfg.node.base_frame}")
 
@@ -307,7 +309,7 @@ class BevNode(Node):
 
     def _on_diagnostics(self) -> None:
         info = {"device": str(self.device), "model": self.loaded.name,
-                "runtime": self.pipeline.predictor.runtime,
+                "runtime": self.runtime,
                 "step": str(self.loaded.step),
                 "motion_compensated": str(self.source.motion_compensated)}
         statuses = self.stats.statuses(time.monotonic_ns(), self.cfg.node.camera_silence_warn_s,

@@ -144,6 +144,7 @@ def test_node_end_to_end_on_a_bag_then_bad_input_then_sigint(tiny_bag, tmp_path)
                    if g.header.stamp.sec * S + g.header.stamp.nanosec == t2]
         assert len(partial) == 1, "the set missing CAM_BACK is published, masked"
         assert int(last_values["sets_partial"]) >= 1
+        assert last_values["runtime"] == "torchscript (frozen)"  # node.torchscript's default
 
         # 3. Post-processing thresholds change at run time; invalid values and restart-only
         # keys are refused with a reason.
