@@ -18,25 +18,7 @@ from simplebev_core.geometry import intrinsics_matrix
 from simplebev_core.radar import NUSCENES_RADAR_FIELDS
 
 from .errors import CameraInfoError, EncodingError, NonFiniteError, TruncatedDataError
-
-NS_PER_S = 1_000_000_000
-
-
-# ----------------------------------------------------------------------------- stamps
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
-def ns_to_stamp(stamp_ns: int) -> Any:
-    """Integer nanoseconds -> builtin_interfaces/Time."""
-    from builtin_interfaces.msg import Time
-
-    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
-    return Time(sec=sec, nanosec=nanosec)
-
+from .stamps import ns_to_stamp
 
 # ----------------------------------------------------------------------------- images
 

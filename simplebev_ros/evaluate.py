@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .replay import BagError, BagPlayer, Recorded, message_class, read_bag
+from .stamps import stamp_to_ns
 
 GT_TOPIC = "/bev/ground_truth"
 GT_VEHICLE, GT_IGNORED, GT_OUTSIDE = 100, 50, -1
@@ -164,7 +165,7 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
     received: list[float] = []
 
     def on_grid(msg: Any) -> None:
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         now = time.monotonic()
         received.append(now)
         if stamp in frames:
@@ -184,7 +185,7 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
     def on_publish(m: Recorded) -> None:
         if m.topic == ref_topic:
             header = deserialize_message(m.cdr, image_type).header
-            sent_wall[header.stamp.sec * 1_000_000_000 + header.stamp.nanosec] = time.monotonic()
+            sent_wall[stamp_to_ns(header.stamp)] = time.monotonic()
 
     # Scenes of one bag lie minutes apart: play them back to back.
     player = BagPlayer(node, [m for m in messages if m.topic != GT_TOPIC], rate, on_publish,

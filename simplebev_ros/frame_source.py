@@ -30,7 +30,8 @@ from .conversions import (CameraIntrinsics, camera_info_fields, camera_info_to_i
                           compressed_image_bytes, image_to_rgb, pointcloud2_to_array,
                           radar_points, stamp_to_ns)
 from .errors import MissingInputError, SizeChangedError
-from .sync import RadarBuffer, SyncedSet
+from .radar_buffer import RadarBuffer
+from .sync import SyncedSet
 from .tf_buffer import LookupException
 
 RADAR_BUFFER_SWEEPS = 32  # per radar; nuScenes radars run at ~13 Hz, sets need <= 10 sweeps

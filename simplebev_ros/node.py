@@ -43,7 +43,8 @@ from .diagnostics import NodeStats
 from .errors import InputError, MissingInputError
 from .frame_source import FrameSource
 from .pipeline import BevPipeline, BevResult
-from .sync import BACKWARDS_JUMP_S, CameraSync, SyncedSet
+from .stamps import BACKWARDS_JUMP_S
+from .sync import CameraSync, SyncedSet
 from .tf_buffer import TransformException, make_tf_buffer
 
 STARTUP_ERRORS = (ConfigError, CheckpointError, ConfigMismatchError, DeviceError, ValueError)

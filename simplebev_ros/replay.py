@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .stamps import ns_to_stamp
+
 LATCHED_TOPICS = ("/tf_static",)
 
 
@@ -132,7 +134,7 @@ class BagPlayer:
         from rosgraph_msgs.msg import Clock
 
         msg = Clock()
-        msg.clock.sec, msg.clock.nanosec = divmod(stamp_ns, 1_000_000_000)
+        msg.clock = ns_to_stamp(stamp_ns)
         self.clock_pub.publish(msg)
 
 

@@ -10,9 +10,6 @@ the set's first message arrived, the set is released with the camera missing (`p
 the node feeds a black image and counts it) or dropped (`policy='drop'`). A stamp that jumps
 back by more than `BACKWARDS_JUMP_S` behind the last released set (a bag loop, a restarted
 driver) resets the synchroniser instead of wedging it; a slightly late message is dropped.
-
-`RadarBuffer` keeps one radar's recent sweeps; the node takes the newest `n` at or before a
-set's stamp (the rule the training loader applies to nuScenes files).
 """
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-BACKWARDS_JUMP_S = 1.0
+from .stamps import BACKWARDS_JUMP_S
 
 
 @dataclass
@@ -154,35 +151,3 @@ class CameraSync:
             limit = c.stamp_ns if c is not None else newest
             while queue and queue[0].stamp_ns <= limit:
                 queue.popleft()
-
-
-class RadarBuffer:
-    """One radar's recent sweeps, bounded in count; time jumps backwards clear it."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._sweeps: deque[tuple[int, Any]] = deque()
-        self.counts: Counter = Counter()
-
-    def __len__(self) -> int:
-        return len(self._sweeps)
-
-    def add(self, stamp_ns: int, sweep: Any) -> None:
-        if self._sweeps and stamp_ns <= self._sweeps[-1][0]:
-            if self._sweeps[-1][0] - stamp_ns > BACKWARDS_JUMP_S * 1e9:
-                self._sweeps.clear()
-                self.counts["time_jumps"] += 1
-            else:
-                self.counts["out_of_order"] += 1
-                return
-        self._sweeps.append((stamp_ns, sweep))
-        while len(self._sweeps) > self.capacity:
-            self._sweeps.popleft()
-
-    def sweeps_before(self, stamp_ns: int, n: int) -> list[tuple[int, Any]]:
-        """The newest n (stamp_ns, sweep) at or before stamp_ns, newest first."""
-        older = [s for s in self._sweeps if s[0] <= stamp_ns]
-        return older[::-1][:n]
-
-    def clear(self) -> None:
-        self._sweeps.clear()

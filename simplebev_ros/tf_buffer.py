@@ -27,6 +27,8 @@ from torch import Tensor
 
 from simplebev_core.geometry import invert_rigid, pose_to_matrix
 
+from .stamps import stamp_to_ns
+
 
 class TransformException(RuntimeError):
     """A transform cannot be looked up."""
@@ -42,11 +44,6 @@ class ConnectivityException(TransformException):
 
 class ExtrapolationException(TransformException):
     """The lookup time lies outside the buffered range (past or future)."""
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (sec, nanosec) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def transform_to_matrix(transform: Any) -> Tensor:

@@ -11,7 +11,8 @@ import tracemalloc
 from types import SimpleNamespace as NS
 
 from simplebev_ros.node import LatestSlot
-from simplebev_ros.sync import CameraSync, RadarBuffer
+from simplebev_ros.radar_buffer import RadarBuffer
+from simplebev_ros.sync import CameraSync
 from simplebev_ros.tf_buffer import TfBuffer
 
 MS = 1_000_000

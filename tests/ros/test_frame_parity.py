@@ -15,7 +15,7 @@ pytest.importorskip("nuscenes", reason="the loader is built on the nuScenes devk
 from simplebev_core.config import RADAR_CHANNELS, load_config  # noqa: E402
 from simplebev_core.frame import assemble  # noqa: E402
 from simplebev_core.radar import NUSCENES_RADAR_FIELDS  # noqa: E402
-from simplebev_ros.conversions import stamp_to_ns  # noqa: E402
+from simplebev_ros.stamps import stamp_to_ns  # noqa: E402
 from simplebev_ros.frame_source import FrameSource  # noqa: E402
 from simplebev_ros.sync import CameraSync  # noqa: E402
 from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402

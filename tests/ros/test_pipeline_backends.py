@@ -14,7 +14,7 @@ pytest.importorskip("nuscenes", reason="the rig is the synthetic world in nuScen
 from simplebev_core.config import load_config  # noqa: E402
 from simplebev_core.inference import LoadedModel, Predictor  # noqa: E402
 from simplebev_core.model import build_model  # noqa: E402
-from simplebev_ros.conversions import stamp_to_ns  # noqa: E402
+from simplebev_ros.stamps import stamp_to_ns  # noqa: E402
 from simplebev_ros.frame_source import FrameSource  # noqa: E402
 from simplebev_ros.pipeline import BevPipeline  # noqa: E402
 from simplebev_ros.sync import CameraSync  # noqa: E402

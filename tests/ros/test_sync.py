@@ -1,4 +1,4 @@
-"""CameraSync and RadarBuffer driven by hand-made streams: jittered, reordered, duplicated,
+"""CameraSync driven by hand-made streams: jittered, reordered, duplicated,
 dropped and backwards-jumping stamps, a late camera, both missing-camera policies. Pure Python."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from simplebev_ros.sync import CameraSync, RadarBuffer
+from simplebev_ros.sync import CameraSync
 
 MS = 1_000_000
 CAMS = ("FL", "F", "FR", "BL", "B", "BR")
@@ -134,17 +134,3 @@ def test_queues_stay_bounded_when_one_camera_floods():
         sync.add(0, (1000 + k) * MS, k, (1000 + k) * MS)
     assert all(len(q) <= 10 for q in sync._queues)
     assert sync.counts["queue_overflow"] >= 990
-
-
-def test_radar_buffer_newest_sweeps_at_or_before_a_stamp():
-    buf = RadarBuffer(capacity=8)
-    for k in range(20):
-        buf.add(k * 77 * MS, k)
-    assert len(buf) == 8
-    got = buf.sweeps_before(15 * 77 * MS, 3)
-    assert [tag for _, tag in got] == [15, 14, 13]
-    assert buf.sweeps_before(0, 3) == []
-    buf.add(10 * 77 * MS, "old")  # out of order by less than a jump: ignored
-    assert buf.counts["out_of_order"] == 1
-    buf.add(0, "looped")  # back by 1.4 s: cleared
-    assert buf.counts["time_jumps"] == 1 and len(buf) == 1

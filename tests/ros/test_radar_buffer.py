@@ -1,0 +1,20 @@
+"""RadarBuffer: the newest sweeps at or before a stamp, bounded, out-of-order and time jumps."""
+from __future__ import annotations
+
+from simplebev_ros.radar_buffer import RadarBuffer
+
+MS = 1_000_000
+
+
+def test_radar_buffer_newest_sweeps_at_or_before_a_stamp():
+    buf = RadarBuffer(capacity=8)
+    for k in range(20):
+        buf.add(k * 77 * MS, k)
+    assert len(buf) == 8
+    got = buf.sweeps_before(15 * 77 * MS, 3)
+    assert [tag for _, tag in got] == [15, 14, 13]
+    assert buf.sweeps_before(0, 3) == []
+    buf.add(10 * 77 * MS, "old")  # out of order by less than a jump: ignored
+    assert buf.counts["out_of_order"] == 1
+    buf.add(0, "looped")  # back by 1.4 s: cleared
+    assert buf.counts["time_jumps"] == 1 and len(buf) == 1
