@@ -11,13 +11,13 @@ PIP_FLAGS := -q --disable-pip-version-check
 
 setup: $(ROS_STAMP)
 
-# Python packages: torch, the devkit, and the pip-only ROS 2 stack (requirements-ros.txt).
+# Python packages: torch, the devkit, the pip-only ROS 2 stack and colcon (requirements-ros.txt).
 $(STAMP): setup.py constraints.txt requirements-test.txt requirements-ros.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -r requirements-test.txt \
 		-r requirements-ros.txt -e '.[training,deploy]' 2>&1 \
 		| grep -v 'is ignored: it is neither a file nor a directory' || true
-	$(PY) -c "import torch, torchvision, nuscenes, yaml, rclpy, rosbags, mcap_ros2"
+	$(PY) -c "import torch, torchvision, nuscenes, yaml, rclpy, rosbags, mcap_ros2, colcon_ros"
 	@touch $(STAMP)
 
 # The ROS package's messages (simplebev.msg), launch/config/scripts, and a test-only tf2_msgs.

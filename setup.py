@@ -1,5 +1,49 @@
 """simplebev: Simple-BEV perception as a ROS 2 node and a PyTorch training package."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
+
+# The one default config (params-file form) lives at the repository root, where the node,
+# training, docs and tests name it; installs carry a copy next to simplebev_core/config.py,
+# which finds it there (simplebev_core.config.default_config_path).
+DEFAULT_CONFIG = "config/simplebev.yaml"
+INSTALLED_CONFIG = "simplebev_core/simplebev.yaml"
+
+
+class BuildPyWithConfig(build_py):
+    """build_py that also copies config/simplebev.yaml into the built simplebev_core."""
+
+    def _config_copy(self):
+        """Where the copy goes; None for an editable install, which runs from the source tree
+        and reads the file in place."""
+        if getattr(self, "editable_mode", False):
+            return None
+        return Path(self.build_lib) / INSTALLED_CONFIG
+
+    def run(self):
+        super().run()
+        target = self._config_copy()
+        if target is not None:
+            self.mkpath(str(target.parent))
+            self.copy_file(DEFAULT_CONFIG, str(target))
+
+    def get_outputs(self, include_bytecode=True):
+        target = self._config_copy()
+        extra = [] if target is None else [str(target)]
+        return [*super().get_outputs(include_bytecode), *extra]
+
+
+class SdistWithConfig(sdist):
+    """sdist that carries config/simplebev.yaml, so a wheel built from it has the config."""
+
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        target = Path(base_dir) / DEFAULT_CONFIG
+        self.mkpath(str(target.parent))
+        self.copy_file(DEFAULT_CONFIG, str(target))
+
 
 setup(
     name="simplebev",
@@ -37,6 +81,7 @@ setup(
             "openvino>=2024.0",
         ],
     },
+    cmdclass={"build_py": BuildPyWithConfig, "sdist": SdistWithConfig},
     # simplebev_ros needs ROS 2 (rclpy and message packages), which pip cannot install
     # portably: a ROS 2 install provides it, or `make setup` (requirements-ros.txt) here.
     entry_points={"console_scripts": [

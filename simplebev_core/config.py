@@ -12,12 +12,17 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
 NODE_NAME = "simplebev_node"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "simplebev.yaml"
+# The default params file, whose comments document every key. Its one source is
+# config/simplebev.yaml at the repository root; installs carry copies the build makes from it
+# (default_config_path()).
+DEFAULT_CONFIG_NAME = "simplebev.yaml"
+# The ROS 2 package whose share directory holds config/simplebev.yaml in a ROS install.
+ROS_PACKAGE = "simplebev"
 
 ENCODERS = ("res101", "res50", "effb0", "camencode", "camencode_replk")
 RADAR_MODES = ("none", "occupancy", "meta")
@@ -286,8 +291,12 @@ class NodeConfig:
     # How far a TF lookup may extrapolate past the newest (or before the oldest) transform.
     tf_tolerance_s: float = 0.05
     tf_cache_s: float = 10.0
-    # A set whose transforms or CameraInfo have not arrived yet is retried this long.
+    # A set is held until every transform it needs can be interpolated and its CameraInfo is
+    # in, at most this long; then tf_tolerance_s applies (counted as extrapolated).
     input_wait_s: float = 0.2
+    # Radar sweeps older than this (seconds before the set's stamp) are not used; 0: derived
+    # from data.radar_sweeps at nuScenes' radar rate (simplebev_core.radar.max_sweep_age_s).
+    radar_max_age_s: float = 0.0
     # Threads decoding a camera set's JPEGs (the decoder releases the GIL).
     decode_threads: int = 2
     input_qos: str = "sensor_data"
@@ -314,7 +323,7 @@ class NodeConfig:
         for name in ("sync_slop_s", "missing_camera_timeout_s", "tf_cache_s",
                      "diagnostics_period_s", "camera_silence_warn_s"):
             _check(getattr(self, name) > 0.0, f"{prefix}.{name}", "must be positive")
-        for name in ("tf_tolerance_s", "input_wait_s"):
+        for name in ("tf_tolerance_s", "input_wait_s", "radar_max_age_s"):
             _check(getattr(self, name) >= 0.0, f"{prefix}.{name}", "must be >= 0")
         for name in ("sync_queue_size", "input_qos_depth", "decode_threads"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
@@ -485,6 +494,43 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     return out
 
 
+def _default_config_candidates() -> Iterator[tuple[str, Path | None]]:
+    """(where, path) in the order searched; path None where the place could not be resolved
+    (then `where` says why). Lazy: the ament index is only consulted when needed."""
+    package_dir = Path(__file__).resolve().parent
+    # Only a checkout has package.xml beside the Python packages: an installed package's
+    # parent is site-packages, where a `config/` folder would belong to someone else.
+    if (package_dir.parent / "package.xml").is_file():
+        yield "source tree", package_dir.parent / "config" / DEFAULT_CONFIG_NAME
+    # setup.py's build_py (pip) and CMakeLists.txt (colcon) copy it next to this module.
+    yield "installed package", package_dir / DEFAULT_CONFIG_NAME
+    try:
+        from ament_index_python.packages import get_package_prefix
+    except ImportError:
+        yield "ROS share directory: ament_index_python does not import", None
+        return
+    try:
+        share = Path(get_package_prefix(ROS_PACKAGE)) / "share" / ROS_PACKAGE
+    except (LookupError, OSError):  # not in the index, or AMENT_PREFIX_PATH unset
+        yield (f"ROS share directory: no package '{ROS_PACKAGE}' in the ament index "
+               "(AMENT_PREFIX_PATH)", None)
+    else:
+        yield "ROS share directory", share / "config" / DEFAULT_CONFIG_NAME
+
+
+def default_config_path() -> Path:
+    """The shipped default params file: the source tree's config/simplebev.yaml, the copy an
+    install put next to this module, or the ROS package's share directory (ament index).
+    Raises ConfigError naming every place looked."""
+    looked = []
+    for where, path in _default_config_candidates():
+        if path is not None and path.is_file():
+            return path
+        looked.append(where if path is None else f"{where}: {path}")
+    raise ConfigError(f"the default config file {DEFAULT_CONFIG_NAME} was not found (looked "
+                      f"in {'; '.join(looked)}); pass a params file, or reinstall simplebev")
+
+
 def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
     """The nested `ros__parameters` dict of `node_name` in a ROS 2 params file."""
     path = Path(path)
@@ -502,12 +548,12 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
 
 def load_config(path: str | Path | None = None,
                 overrides: Mapping[str, Any] | None = None) -> SimpleBevConfig:
-    """Read a params file (default: the repository's config/simplebev.yaml), apply dotted
+    """Read a params file (default: the shipped one, default_config_path()), apply dotted
     overrides such as {"model.encoder": "res50"}, and validate.
 
     Keys missing from the file take the dataclass defaults, which mirror the shipped YAML.
     """
-    data = read_params_file(path if path is not None else DEFAULT_CONFIG_PATH)
+    data = read_params_file(path if path is not None else default_config_path())
     full = apply_overrides(config_to_dict(config_from_dict(data)), overrides or {})
     return config_from_dict(full)
 
@@ -557,7 +603,7 @@ def describe_keys(path: str | Path | None = None) -> dict[str, str]:
     """{dotted key: the comment lines written above it} in a params file (default: the shipped
     config/simplebev.yaml, whose comments document every key). Used for ROS parameter
     descriptions and the README's configuration reference."""
-    lines = Path(path if path is not None else DEFAULT_CONFIG_PATH).read_text().splitlines()
+    lines = Path(path if path is not None else default_config_path()).read_text().splitlines()
     out: dict[str, str] = {}
     stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing mappings
     comment: list[str] = []

@@ -1,13 +1,18 @@
 """Config: one YAML, typed, validated, ROS-parameter compatible."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
+import simplebev_core.config as config_module
 from simplebev_core.config import (
-    DEFAULT_CONFIG_PATH, NODE_NAME, ConfigError, SimpleBevConfig, config_from_dict, config_to_dict,
-    flatten_config, load_config, parse_override,
+    NODE_NAME, ConfigError, SimpleBevConfig, config_from_dict, config_to_dict,
+    default_config_path, describe_keys, flatten_config, load_config, parse_override,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_upstream_headline_setting():
@@ -66,7 +71,7 @@ def test_missing_node_section_is_an_error(tmp_path):
 
 def test_shipped_yaml_writes_floats_as_floats():
     """ROS declares a parameter's type from the YAML literal: 50 would become an integer."""
-    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())[NODE_NAME]["ros__parameters"]
+    raw = yaml.safe_load(default_config_path().read_text())[NODE_NAME]["ros__parameters"]
     cfg = config_from_dict(raw)
     for key, value in flatten_config(cfg).items():
         section, name = key.split(".")
@@ -99,3 +104,62 @@ def test_parse_override():
     assert parse_override("input.ref_camera=CAM_BACK") == ("input.ref_camera", "CAM_BACK")
     with pytest.raises(ConfigError):
         parse_override("model.encoder")
+
+
+# ----------------------------------------------------------------- locating the default config
+# The locator looks next to simplebev_core/config.py; these tests point the module's __file__
+# at fake layouts (a checkout, an install, a ROS prefix) under tmp_path.
+
+
+def _fake_module(monkeypatch, package_dir: Path) -> None:
+    package_dir.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(config_module, "__file__", str(package_dir / "config.py"))
+
+
+def _copy_of_shipped_config(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((REPO / "config" / "simplebev.yaml").read_text())
+    return path
+
+
+def test_default_config_is_the_source_trees_in_a_checkout():
+    assert default_config_path() == REPO / "config" / "simplebev.yaml"
+
+
+def test_source_tree_wins_over_a_stray_installed_copy(tmp_path, monkeypatch):
+    (tmp_path / "package.xml").write_text("<package/>")
+    source = _copy_of_shipped_config(tmp_path / "config" / "simplebev.yaml")
+    _copy_of_shipped_config(tmp_path / "simplebev_core" / "simplebev.yaml")
+    _fake_module(monkeypatch, tmp_path / "simplebev_core")
+    assert default_config_path() == source
+
+
+def test_installed_copy_next_to_the_module(tmp_path, monkeypatch):
+    # site-packages may hold someone else's config/ folder: not a checkout, so not read.
+    _copy_of_shipped_config(tmp_path / "site" / "config" / "simplebev.yaml")
+    installed = _copy_of_shipped_config(tmp_path / "site" / "simplebev_core" / "simplebev.yaml")
+    _fake_module(monkeypatch, tmp_path / "site" / "simplebev_core")
+    assert default_config_path() == installed
+    assert load_config() == SimpleBevConfig() and describe_keys()["model.encoder"]
+
+
+def test_ros_share_directory_through_the_ament_index(tmp_path, monkeypatch):
+    pytest.importorskip("ament_index_python", reason="the ament index lookup needs it")
+    prefix = tmp_path / "install"
+    marker = prefix / "share" / "ament_index" / "resource_index" / "packages" / "simplebev"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("")
+    shared = _copy_of_shipped_config(prefix / "share" / "simplebev" / "config" / "simplebev.yaml")
+    _fake_module(monkeypatch, tmp_path / "site" / "simplebev_core")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    assert default_config_path() == shared
+
+
+def test_missing_default_config_names_every_place_looked(tmp_path, monkeypatch):
+    _fake_module(monkeypatch, tmp_path / "site" / "simplebev_core")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "empty_prefix"))
+    with pytest.raises(ConfigError) as err:
+        load_config()
+    message = str(err.value)
+    assert str(tmp_path / "site" / "simplebev_core" / "simplebev.yaml") in message
+    assert "ROS share directory" in message and "pass a params file" in message
