@@ -53,7 +53,7 @@ def main() -> int:
               f"decode + resize to the input {full:.1f} ms")
     msg = bm.compressed_image(jpegs[1], "CAM_FRONT", 0)
     print("CompressedImage -> bytes: "
-          f"{median_ms(lambda: conv.compressed_image_bytes(msg), 200):.3f} ms")
+          f"{median_ms(lambda: conv.compressed_image(msg), 200):.3f} ms")
     pcd = sorted((root / "sweeps" / "RADAR_FRONT").glob("*.pcd"))[0]
     cloud = bm.point_cloud(read_radar_pcd_records(pcd), "RADAR_FRONT", 0)
     n = cloud.width

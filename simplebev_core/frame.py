@@ -53,6 +53,9 @@ class CameraInput:
     ego_T_cam: (4, 4) camera optical frame -> the frame's ego frame (see input.camera_poses)
     stamp_ns:  capture time, integer nanoseconds
     origin:    where the image came from (a file path, a topic), for error messages
+    channel_order: how encoded `image` bytes decode (image_decode.decode_image): "bgr" for
+               JPEG/PNG files (OpenCV's order), "rgb" for image_transport's "rgb8; jpeg
+               compressed rgb8"; a decoded tensor is always RGB
     """
 
     image: bytes | Tensor | None
@@ -61,6 +64,7 @@ class CameraInput:
     ego_T_cam: Tensor
     stamp_ns: int = 0
     origin: str = "image"
+    channel_order: str = "bgr"
 
 
 @dataclass
@@ -131,7 +135,7 @@ def source_image(cam: CameraInput, rc: ResizeCrop, reduced: bool = True) -> Tens
         return None
     target_hw = _decode_target_hw(cam, rc, reduced)
     if not isinstance(cam.image, Tensor):
-        return decode_image(cam.image, cam.raw_hw, target_hw, cam.origin)
+        return decode_image(cam.image, cam.raw_hw, target_hw, cam.origin, cam.channel_order)
     f = reduced_factor(cam.raw_hw, target_hw)
     allowed = {(3,) + tuple(cam.raw_hw), (3, cam.raw_hw[0] // f, cam.raw_hw[1] // f)}
     if tuple(cam.image.shape) not in allowed:
@@ -175,8 +179,8 @@ def decode_frame(frame: RawFrame, plan: AssemblyPlan,
     concurrently."""
     def decoded(s: int, cam: CameraInput) -> CameraInput:
         target_hw = _decode_target_hw(cam, plan.resize_crops[s], plan.reduced_decode)
-        return dataclasses.replace(cam, image=decode_image(cam.image, cam.raw_hw, target_hw,
-                                                           cam.origin))
+        image = decode_image(cam.image, cam.raw_hw, target_hw, cam.origin, cam.channel_order)
+        return dataclasses.replace(cam, image=image)
 
     def maybe_decoded(s: int, cam: CameraInput) -> CameraInput:
         encoded = isinstance(cam.image, (bytes, bytearray, memoryview))

@@ -29,37 +29,95 @@ def reduced_factor(raw_hw: tuple[int, int], target_hw: tuple[int, int]) -> int:
     return 1
 
 
+CHANNEL_ORDERS = ("bgr", "rgb")
+
+
 def decode_image(data: bytes | bytearray | memoryview | np.ndarray, raw_hw: tuple[int, int],
-                 target_hw: tuple[int, int], origin: str = "image") -> Tensor:
+                 target_hw: tuple[int, int], origin: str = "image",
+                 channel_order: str = "bgr") -> Tensor:
     """Encoded JPEG/PNG bytes of a raw_hw image -> (3, h, w) uint8 RGB, h, w = raw_hw / factor
-    with `reduced_factor(raw_hw, target_hw)`. `origin` names the source in errors."""
+    with `reduced_factor(raw_hw, target_hw)`. `origin` names the source in errors.
+    channel_order: the order of the decoded buffer's channels. "bgr" for ordinary JPEG/PNG
+    files (OpenCV's order); "rgb" when the encoder was handed RGB pixels as if they were BGR
+    (image_transport's "rgb8; jpeg compressed rgb8")."""
     import cv2
 
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"{origin}: channel_order '{channel_order}' is not one of "
+                         f"{list(CHANNEL_ORDERS)}")
     flags = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
              2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}
     factor = reduced_factor(raw_hw, target_hw)
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if buf.size == 0:
         raise ImageDecodeError(f"{origin}: empty image data")
-    check_complete(buf[:4].tobytes(), buf[-32:].tobytes(), origin)
-    bgr = cv2.imdecode(buf, flags[factor])
-    if bgr is None:
+    check_complete(data if isinstance(data, (bytes, bytearray)) else buf.tobytes(), origin)
+    decoded = cv2.imdecode(buf, flags[factor])
+    if decoded is None:
         raise ImageDecodeError(f"{origin}: cannot be decoded (corrupt, truncated or not JPEG/PNG)")
     expected = (raw_hw[0] // factor, raw_hw[1] // factor)
-    if bgr.shape[:2] != expected:
+    if decoded.shape[:2] != expected:
         raise ImageDecodeError(
-            f"{origin}: decoded to {bgr.shape[1]}x{bgr.shape[0]} at 1/{factor} scale, expected "
-            f"{expected[1]}x{expected[0]} for a {raw_hw[1]}x{raw_hw[0]} image "
+            f"{origin}: decoded to {decoded.shape[1]}x{decoded.shape[0]} at 1/{factor} scale, "
+            f"expected {expected[1]}x{expected[0]} for a {raw_hw[1]}x{raw_hw[0]} image "
             f"(image size changed, or CameraInfo does not match the image)")
-    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
+    rgb = decoded[:, :, ::-1] if channel_order == "bgr" else decoded
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
-def check_complete(head: bytes, tail: bytes, origin: str) -> None:
+# JPEG markers that stand alone (no length field): TEM and the restart markers RST0-RST7.
+_JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
+_JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
+# The whole IEND chunk: zero length, type, and its fixed CRC. Twelve exact bytes do not occur
+# by chance in compressed data, unlike the four of the bare type name.
+_PNG_IEND_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def jpeg_first_scan_offset(data: bytes | bytearray) -> int | None:
+    """Offset of the main image's first entropy-coded scan, or None when there is none (the
+    data ends first, or an end-of-image marker comes first). The marker segments are walked
+    by their lengths from the start of the file, so a segment that embeds a whole JPEG (an
+    EXIF thumbnail, with its own end-of-image marker) is skipped. Typically a dozen steps: the
+    segments before the first scan are headers and tables."""
+    pos, size = 2, len(data)
+    while pos + 2 <= size:
+        if data[pos] != 0xFF:
+            # Stray bytes where a marker belongs: libjpeg skips to the next 0xFF; so does this.
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return None
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker in _JPEG_STANDALONE_MARKERS:
+            pos += 2
+        elif marker == _JPEG_EOI or pos + 4 > size:
+            return None
+        else:
+            end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == _JPEG_SOS:
+                return end if end <= size else None
+            pos = end
+    return None
+
+
+def check_complete(data: bytes | bytearray, origin: str) -> None:
     """Reject truncated JPEG/PNG files: libjpeg decodes a truncated JPEG without an error,
-    filling the missing rows with grey, so the end marker is checked first."""
-    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
-        raise ImageDecodeError(f"{origin}: truncated JPEG (no end-of-image marker)")
-    if head[:4] == b"\x89PNG" and b"IEND" not in tail:
+    filling the missing rows with grey. Bytes after the end are allowed (MJPEG from UVC/V4L2
+    drivers arrives padded to the buffer size; the decoders stop at the end marker)."""
+    if data[:2] == b"\xff\xd8":
+        scan = jpeg_first_scan_offset(data)
+        if scan is None:
+            raise ImageDecodeError(f"{origin}: truncated or corrupt JPEG (no image data)")
+        # Byte stuffing keeps FFD9 out of entropy-coded data, so one after the start of the
+        # first scan is the main image's end-of-image marker (short of the tables between a
+        # progressive JPEG's scans holding those two bytes). rfind: padding is usually short
+        # next to the image.
+        if data.rfind(b"\xff\xd9", scan) < 0:
+            raise ImageDecodeError(f"{origin}: truncated JPEG (no end-of-image marker after "
+                                   f"the image data)")
+    elif data[:4] == b"\x89PNG" and data.rfind(_PNG_IEND_CHUNK, 8) < 0:
         raise ImageDecodeError(f"{origin}: truncated PNG (no IEND chunk)")
 
 

@@ -23,18 +23,44 @@ from .stamps import ns_to_stamp
 # ----------------------------------------------------------------------------- images
 
 _JPEG_FORMATS = ("jpeg", "jpg")
+# sensor_msgs image_encodings' colour encodings: the ones compressed_image_transport's
+# subscriber reorders after decoding.
+_COLOUR_ENCODINGS = frozenset(("rgb8", "bgr8", "rgba8", "bgra8",
+                               "rgb16", "bgr16", "rgba16", "bgra16"))
 
 
-def compressed_image_bytes(msg: Any) -> bytes:
-    """sensor_msgs/CompressedImage -> its JPEG or PNG bytes (decoded later by the shared
-    simplebev_core.image_decode, which also rejects truncated files)."""
+def compressed_image(msg: Any) -> tuple[bytes, str]:
+    """sensor_msgs/CompressedImage -> its JPEG or PNG bytes and the channel order they decode
+    to ("bgr" or "rgb": simplebev_core.image_decode.decode_image's channel_order, which decodes
+    them later and also rejects truncated files)."""
     fmt = msg.format.lower()
+    if "compresseddepth" in fmt:
+        raise EncodingError(f"CompressedImage format '{msg.format}' is a depth image "
+                            "(compressedDepth transport), not a camera image")
     if not any(f in fmt for f in _JPEG_FORMATS + ("png",)):
         raise EncodingError(f"CompressedImage format '{msg.format}' is not jpeg or png")
     data = bytes(msg.data)
     if not data:
         raise TruncatedDataError("CompressedImage with no data")
-    return data
+    return data, compressed_channel_order(msg.format)
+
+
+def compressed_channel_order(fmt: str) -> str:
+    """The channel order a CompressedImage's pixels decode to, from its `format`.
+
+    compressed_image_transport writes "<encoding>; <jpeg|png> compressed <target>" and hands
+    the encoder the pixels in the target's order as if they were BGR; its subscriber therefore
+    takes the decoded buffer as BGR when the target is bgr*, and as RGB otherwise for a colour
+    encoding ("rgb8; jpeg compressed rgb8"). A bare "jpeg"/"jpg"/"png" (older publishers,
+    camera drivers) is an ordinary file: OpenCV's BGR. Mono images decode to three equal
+    channels, where the order does not matter."""
+    encoding, separator, rest = fmt.lower().partition(";")
+    if not separator:
+        return "bgr"
+    target = rest.partition("compressed")[2].strip()
+    if target.startswith("bgr"):
+        return "bgr"
+    return "rgb" if encoding.strip() in _COLOUR_ENCODINGS else "bgr"
 
 
 # encoding -> (channels, indices of R, G, B) for 8-bit images
@@ -65,14 +91,36 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- camera info
 
 
+# image_transport plugins publish on "<base topic>/<transport>".
+_TRANSPORT_SEGMENTS = frozenset(("compressed", "compresseddepth", "theora", "zstd"))
+
+
+def is_rectified_topic(topic: str) -> bool:
+    """Whether an image topic carries rectified images, by the ROS naming (CameraInfo.msg):
+    its last segment names "rect" (image_rect, image_rect_color, the nuScenes layout's
+    image_rect_compressed); image_raw, image_color, image and others are raw. A transport
+    segment after the base topic (.../image_rect/compressed) is looked through."""
+    segments = [s.lower() for s in topic.split("/") if s]
+    if len(segments) > 1 and segments[-1] in _TRANSPORT_SEGMENTS:
+        segments.pop()
+    # Words of the segment, so that e.g. "image_direct" is not taken for rectified.
+    return bool(segments) and any(w.startswith("rect") for w in segments[-1].split("_"))
+
+
 @dataclass(frozen=True)
 class CameraIntrinsics:
-    """pix_T_cam (4, 4) of a raw_hw (H, W) image, from CameraInfo K."""
+    """pix_T_cam (4, 4) of a raw_hw (H, W) image, from CameraInfo P or K.
+
+    projection:     the CameraInfo matrix pix_T_cam came from: "P" (rectified images) or "K"
+    has_distortion: CameraInfo D is non-zero; it describes the raw image, so it matters only
+                    when images are read from a raw topic
+    """
 
     pix_T_cam: torch.Tensor
     raw_hw: tuple[int, int]
     frame_id: str
     has_distortion: bool
+    projection: str
 
     def key(self) -> tuple:
         return (self.raw_hw, tuple(self.pix_T_cam.flatten().tolist()), self.frame_id)
@@ -80,26 +128,76 @@ class CameraIntrinsics:
 
 def camera_info_fields(msg: Any) -> tuple:
     """What `camera_info_to_intrinsics` reads from a CameraInfo, as a comparable value."""
+    roi = msg.roi
     return (msg.header.frame_id, int(msg.height), int(msg.width),
-            np.asarray(msg.k, dtype=np.float64).tobytes(),
-            np.asarray(msg.d, dtype=np.float64).tobytes())
+            *(np.asarray(m, dtype=np.float64).tobytes() for m in (msg.k, msg.d, msg.p)),
+            int(msg.binning_x), int(msg.binning_y),
+            int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height))
 
 
-def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
-    """sensor_msgs/CameraInfo -> CameraIntrinsics. The model uses a pinhole K on the image as
-    published (image_rect: already undistorted); `has_distortion` tells the caller to warn."""
-    k = np.asarray(msg.k, dtype=np.float64)
-    if k.shape != (9,) or not np.isfinite(k).all():
-        raise CameraInfoError(f"CameraInfo K must be 9 finite numbers, got {k.tolist()}")
-    fx, cx, fy, cy = k[0], k[2], k[4], k[5]
-    if fx <= 0 or fy <= 0:
-        raise CameraInfoError(f"CameraInfo K has fx={fx}, fy={fy} (uncalibrated camera?)")
+def camera_info_to_intrinsics(msg: Any, rectified: bool) -> CameraIntrinsics:
+    """sensor_msgs/CameraInfo -> CameraIntrinsics of the images on a rectified or raw topic
+    (`is_rectified_topic`).
+
+    Rectified images project with P's left 3x3 (fx', fy', cx', cy', which rectification
+    generally moves away from K's); a P of all zeros (not calibrated for rectification) leaves
+    K. P's fourth column (Tx, Ty: a stereo pair's baseline, zero for a monocular camera) is not
+    used: each camera's extrinsics come from TF of its own frame. Raw images project with K;
+    `has_distortion` tells the caller to warn, the model assuming undistorted images."""
     h, w = int(msg.height), int(msg.width)
     if h <= 0 or w <= 0:
         raise CameraInfoError(f"CameraInfo image size {w}x{h}")
+    check_full_resolution(msg)
+    p = _camera_info_matrix(msg.p, (3, 4), "P")
+    if rectified and np.any(p != 0):
+        fx, fy, cx, cy = _pinhole_parameters(p[:, :3], "P")
+        projection = "P"
+    else:
+        fx, fy, cx, cy = _pinhole_parameters(_camera_info_matrix(msg.k, (3, 3), "K"), "K")
+        projection = "K"
     d = np.asarray(msg.d, dtype=np.float64)
     return CameraIntrinsics(intrinsics_matrix(fx, fy, cx, cy), (h, w), msg.header.frame_id,
-                            bool(d.size and np.any(d != 0)))
+                            bool(d.size and np.any(d != 0)), projection)
+
+
+def _camera_info_matrix(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
+    m = np.asarray(values, dtype=np.float64)
+    if m.size != shape[0] * shape[1]:
+        raise CameraInfoError(f"CameraInfo {name} must have {shape[0] * shape[1]} numbers, got "
+                              f"{m.size}")
+    return m.reshape(shape)
+
+
+def _pinhole_parameters(m: np.ndarray, name: str) -> tuple[float, float, float, float]:
+    """fx, fy, cx, cy of a 3x3 camera matrix, which must be a pinhole [[fx 0 cx] [0 fy cy]
+    [0 0 1]]: the model has no skew, and a scaled matrix is not what CameraInfo specifies."""
+    if not np.isfinite(m).all():
+        raise CameraInfoError(f"CameraInfo {name} has non-finite values: {m.tolist()}")
+    fx, fy, cx, cy = m[0, 0], m[1, 1], m[0, 2], m[1, 2]
+    if fx <= 0 or fy <= 0:
+        raise CameraInfoError(f"CameraInfo {name} has fx={fx}, fy={fy} (uncalibrated camera?)")
+    rest = np.array([m[0, 1], m[1, 0], m[2, 0], m[2, 1], m[2, 2]])
+    if not np.allclose(rest, [0, 0, 0, 0, 1], rtol=0, atol=1e-6):
+        raise CameraInfoError(f"CameraInfo {name}'s 3x3 {m.tolist()} is not a pinhole camera "
+                              f"matrix [[fx 0 cx] [0 fy cy] [0 0 1]]")
+    return float(fx), float(fy), float(cx), float(cy)
+
+
+def check_full_resolution(msg: Any) -> None:
+    """Binning or a region of interest makes the images smaller than the calibrated
+    width x height and moves their principal point; the node does not adjust the intrinsics
+    for either, so both are refused. binning 0 means 1; an ROI of all zeros means the full
+    image (CameraInfo.msg)."""
+    bx, by = int(msg.binning_x), int(msg.binning_y)
+    if bx > 1 or by > 1:
+        raise CameraInfoError(f"CameraInfo binning {bx}x{by} is not supported (images must be "
+                              f"at the calibrated resolution {msg.width}x{msg.height})")
+    roi = msg.roi
+    offset, size = (int(roi.x_offset), int(roi.y_offset)), (int(roi.width), int(roi.height))
+    if offset != (0, 0) or size not in ((0, 0), (int(msg.width), int(msg.height))):
+        raise CameraInfoError(f"CameraInfo roi x_offset {offset[0]}, y_offset {offset[1]}, "
+                              f"{size[0]}x{size[1]} is not the full {msg.width}x{msg.height} "
+                              "image: regions of interest are not supported")
 
 
 # ----------------------------------------------------------------------------- point clouds
@@ -120,7 +218,7 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
         names.append(f.name)
         formats.append(base if f.count <= 1 else (base, (int(f.count),)))
         offsets.append(int(f.offset))
-    point_step, n = int(msg.point_step), int(msg.width) * int(msg.height)
+    point_step, width, height = int(msg.point_step), int(msg.width), int(msg.height)
     try:
         dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
                           "itemsize": point_step})
@@ -128,14 +226,26 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
         raise EncodingError(f"PointCloud2 fields do not fit point_step {point_step}: "
                             f"{e}") from None
     data = bytes(msg.data)
-    if (msg.height > 1 and msg.row_step * msg.height <= len(data)
-            and msg.row_step != msg.width * point_step):
-        rows = np.frombuffer(data, np.uint8)[:msg.row_step * msg.height].reshape(msg.height, -1)
-        data = rows[:, :msg.width * point_step].tobytes()
-    if len(data) < n * point_step:
-        raise TruncatedDataError(f"PointCloud2 has {len(data)} data bytes for {n} points of "
-                                 f"{point_step} bytes")
-    return np.frombuffer(data, dtype=dtype, count=n)
+    row_bytes = cloud_row_bytes(width, height, point_step, int(msg.row_step), len(data))
+    if row_bytes != width * point_step:  # rows end in padding: keep each row's points
+        rows = np.frombuffer(data, np.uint8, count=row_bytes * height).reshape(height, row_bytes)
+        data = rows[:, :width * point_step].tobytes()
+    return np.frombuffer(data, dtype=dtype, count=width * height)
+
+
+def cloud_row_bytes(width: int, height: int, point_step: int, row_step: int,
+                    data_bytes: int) -> int:
+    """The bytes per row of a PointCloud2's data (row_step; data holds row_step x height,
+    PointCloud2.msg), checked against its points, so a cloud cut short is refused instead of
+    read as other rows' bytes."""
+    points_bytes = width * point_step
+    if row_step < points_bytes:
+        raise EncodingError(f"PointCloud2 row_step {row_step} is less than width {width} x "
+                            f"point_step {point_step} = {points_bytes}")
+    if data_bytes < row_step * height:
+        raise TruncatedDataError(f"PointCloud2 has {data_bytes} data bytes, row_step {row_step} "
+                                 f"x height {height} = {row_step * height} expected")
+    return row_step
 
 
 def radar_points(cloud: np.ndarray, is_dense: bool = True) -> tuple[np.ndarray, bool]:

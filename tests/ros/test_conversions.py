@@ -62,7 +62,8 @@ def test_compressed_jpeg_and_png_decode_like_the_files_and_truncation_is_rejecte
     for fmt, ext in (("jpeg", ".jpg"), ("png", ".png")):
         ok, buf = cv2.imencode(ext, image[:, :, ::-1])
         msg = CompressedImage(format=fmt, data=buf.tobytes())
-        data = conv.compressed_image_bytes(msg)
+        data, channel_order = conv.compressed_image(msg)
+        assert channel_order == "bgr"
         decoded = decode_image(data, (64, 96), (64, 96))
         assert decoded.shape == (3, 64, 96)
         if fmt == "png":
@@ -74,11 +75,62 @@ def test_compressed_jpeg_and_png_decode_like_the_files_and_truncation_is_rejecte
     with pytest.raises(ImageDecodeError, match="expected 100x64"):  # CameraInfo size mismatch
         decode_image(data, (64, 100), (64, 100))
     with pytest.raises(EncodingError, match="bmp"):
-        conv.compressed_image_bytes(CompressedImage(format="bmp", data=b"BM.."))
+        conv.compressed_image(CompressedImage(format="bmp", data=b"BM.."))
+    with pytest.raises(EncodingError, match="tiff"):
+        conv.compressed_image(CompressedImage(format="rgb8; tiff compressed bgr8", data=b"II"))
+    with pytest.raises(EncodingError, match="depth"):
+        conv.compressed_image(CompressedImage(format="16UC1; compressedDepth png", data=b".."))
     with pytest.raises(TruncatedDataError):
-        conv.compressed_image_bytes(CompressedImage(format="jpeg", data=b""))
-    with pytest.raises(ImageDecodeError, match="cannot be decoded"):
+        conv.compressed_image(CompressedImage(format="jpeg", data=b""))
+    with pytest.raises(ImageDecodeError, match="corrupt"):
         decode_image(b"\xff\xd8not a jpeg\xff\xd9", (4, 4), (4, 4))
+
+
+def test_mjpeg_with_bytes_after_the_end_marker_is_accepted():
+    """UVC/V4L2 drivers pass MJPEG through padded to the buffer size."""
+    image = RNG.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    data, order = conv.compressed_image(CompressedImage(format="jpeg",
+                                                        data=jpeg + bytes(8192)))
+    assert torch.equal(decode_image(data, (64, 96), (64, 96), channel_order=order),
+                       decode_image(jpeg, (64, 96), (64, 96)))
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_image(jpeg[:len(jpeg) // 2] + bytes(8192), (64, 96), (64, 96))
+
+
+# (format, how the publisher handed the RGB pixels to the encoder, decoded channel order)
+IMAGE_TRANSPORT_FORMATS = [
+    ("jpeg", "bgr", "bgr"), ("jpg", "bgr", "bgr"), ("png", "bgr", "bgr"),
+    ("bgr8; jpeg compressed bgr8", "bgr", "bgr"), ("rgb8; jpeg compressed bgr8", "bgr", "bgr"),
+    ("rgb8; jpeg compressed rgb8", "rgb", "rgb"), ("rgb8; png compressed rgb8", "rgb", "rgb"),
+    ("bgra8; png compressed bgr8", "bgr", "bgr"), ("rgba8; jpeg compressed rgba8", "rgb", "rgb"),
+    ("RGB8; JPEG compressed RGB8", "rgb", "rgb"),
+]
+
+
+@pytest.mark.parametrize("fmt,encoder_order,order", IMAGE_TRANSPORT_FORMATS)
+def test_compressed_channel_order_follows_the_format(fmt, encoder_order, order):
+    # Blocks of pure colours: a red/blue swap shows even through JPEG's loss.
+    colours = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220], [200, 120, 20]], np.uint8)
+    rgb = np.repeat(np.repeat(colours[None], 16, 0), 16, 1)  # (16, 64, 3)
+    pixels = rgb[:, :, ::-1] if encoder_order == "bgr" else rgb
+    ext = ".png" if "png" in fmt.lower() else ".jpg"
+    encoded = cv2.imencode(ext, np.ascontiguousarray(pixels))[1].tobytes()
+    data, channel_order = conv.compressed_image(CompressedImage(format=fmt, data=encoded))
+    assert channel_order == order
+    decoded = decode_image(data, (16, 64), (16, 64), channel_order=channel_order)
+    block_means = decoded.double().reshape(3, 16, 4, 16).mean(dim=(1, 3)).T  # (4 blocks, RGB)
+    assert (block_means - torch.from_numpy(colours).double()).abs().max() < 10
+
+
+@pytest.mark.parametrize("fmt", ["mono8; jpeg compressed mono8", "mono8; png compressed "])
+def test_compressed_mono_images_decode_to_equal_channels(fmt):
+    grey = RNG.integers(0, 256, (16, 24), dtype=np.uint8)
+    ext = ".png" if "png" in fmt else ".jpg"
+    data, order = conv.compressed_image(CompressedImage(format=fmt,
+                                                        data=cv2.imencode(ext, grey)[1].tobytes()))
+    decoded = decode_image(data, (16, 24), (16, 24), channel_order=order)
+    assert torch.equal(decoded[0], decoded[1]) and torch.equal(decoded[1], decoded[2])
 
 
 def test_decoded_image_of_another_size_is_a_size_change():
@@ -90,24 +142,104 @@ def test_decoded_image_of_another_size_is_a_size_change():
         raise SizeChangedError("the frame source raises this for raw Images")
 
 
-def camera_info(k, w=1600, h=900, d=(0.0,) * 5):
-    msg = CameraInfo(width=w, height=h, k=list(map(float, k)), d=list(d))
+def camera_info(k, w=1600, h=900, d=(0.0,) * 5, p=(0.0,) * 12):
+    msg = CameraInfo(width=w, height=h, k=list(map(float, k)), d=list(d), p=list(map(float, p)))
     msg.header.frame_id = "CAM_FRONT"
     return msg
 
 
 def test_camera_info_to_intrinsics():
-    intr = conv.camera_info_to_intrinsics(
-        camera_info([1266.4, 0, 816.3, 0, 1266.4, 491.5, 0, 0, 1]))
-    assert intr.raw_hw == (900, 1600) and intr.frame_id == "CAM_FRONT" and not intr.has_distortion
-    K = intr.pix_T_cam
-    assert K[0, 0] == pytest.approx(1266.4) and K[1, 2] == pytest.approx(491.5) and K[3, 3] == 1
+    for rectified in (False, True):  # P all zero: K on a rectified topic as well
+        intr = conv.camera_info_to_intrinsics(
+            camera_info([1266.4, 0, 816.3, 0, 1266.4, 491.5, 0, 0, 1]), rectified)
+        assert intr.raw_hw == (900, 1600) and intr.frame_id == "CAM_FRONT"
+        assert not intr.has_distortion and intr.projection == "K"
+        K = intr.pix_T_cam
+        assert K[0, 0] == pytest.approx(1266.4) and K[1, 2] == pytest.approx(491.5)
+        assert K[3, 3] == 1
     assert conv.camera_info_to_intrinsics(
-        camera_info([1, 0, 0, 0, 1, 0, 0, 0, 1], d=(0.1, 0, 0, 0, 0))).has_distortion
+        camera_info([1, 0, 0, 0, 1, 0, 0, 0, 1], d=(0.1, 0, 0, 0, 0)), False).has_distortion
     with pytest.raises(CameraInfoError, match="fx=0"):
-        conv.camera_info_to_intrinsics(camera_info([0.0] * 9))
+        conv.camera_info_to_intrinsics(camera_info([0.0] * 9), False)
     with pytest.raises(CameraInfoError, match="size"):
-        conv.camera_info_to_intrinsics(camera_info([1, 0, 0, 0, 1, 0, 0, 0, 1], w=0))
+        conv.camera_info_to_intrinsics(camera_info([1, 0, 0, 0, 1, 0, 0, 0, 1], w=0), False)
+    with pytest.raises(CameraInfoError, match="pinhole"):  # skew
+        conv.camera_info_to_intrinsics(camera_info([1, 0.5, 0, 0, 1, 0, 0, 0, 1]), False)
+
+
+K_1000 = [1000, 0, 800, 0, 1000, 450, 0, 0, 1]
+P_880 = [880, 0, 790, 0, 0, 870, 455, 0, 0, 0, 1, 0]  # after rectification: fx' fy' cx' cy'
+
+
+def test_rectified_images_project_with_p_and_raw_ones_with_k():
+    info = camera_info(K_1000, d=(-0.3, 0.1, 0, 0, 0), p=P_880)
+    rect = conv.camera_info_to_intrinsics(info, rectified=True)
+    assert rect.projection == "P" and rect.has_distortion  # D is the raw image's: no matter
+    assert rect.pix_T_cam[:3, :3].tolist() == [[880, 0, 790], [0, 870, 455], [0, 0, 1]]
+    raw = conv.camera_info_to_intrinsics(info, rectified=False)
+    assert raw.projection == "K"
+    assert raw.pix_T_cam[:3, :3].tolist() == [[1000, 0, 800], [0, 1000, 450], [0, 0, 1]]
+    assert rect.key() != raw.key()
+    # The right camera of a stereo pair: Tx = -fx' * baseline, ignored (its own TF frame).
+    stereo = list(P_880)
+    stereo[3] = -880 * 0.12
+    assert torch.equal(conv.camera_info_to_intrinsics(camera_info(K_1000, p=stereo),
+                                                      True).pix_T_cam, rect.pix_T_cam)
+
+
+@pytest.mark.parametrize("p,match", [
+    ([880, 0, 790, 0, 0, 870, 455, 0, 0, 0, 2, 0], "pinhole"),  # scaled
+    ([880, 3, 790, 0, 0, 870, 455, 0, 0, 0, 1, 0], "pinhole"),  # skew
+    ([880, 0, 790, 0, 0, 870, 455, 0, 0.1, 0, 1, 0], "pinhole"),
+    ([-880, 0, 790, 0, 0, 870, 455, 0, 0, 0, 1, 0], "fx=-880"),
+    ([880, 0, float("nan"), 0, 0, 870, 455, 0, 0, 0, 1, 0], "non-finite"),
+])
+def test_bad_p_is_refused_for_rectified_images_only(p, match):
+    with pytest.raises(CameraInfoError, match=match):
+        conv.camera_info_to_intrinsics(camera_info(K_1000, p=p), rectified=True)
+    assert conv.camera_info_to_intrinsics(camera_info(K_1000, p=p), False).projection == "K"
+
+
+def test_camera_info_fields_include_p():
+    a, b = camera_info(K_1000, p=P_880), camera_info(K_1000, p=P_880)
+    assert conv.camera_info_fields(a) == conv.camera_info_fields(b)
+    b.p[0] = 881.0
+    assert conv.camera_info_fields(a) != conv.camera_info_fields(b)
+    b = camera_info(K_1000, p=P_880)
+    b.binning_x = 2
+    assert conv.camera_info_fields(a) != conv.camera_info_fields(b)
+    b = camera_info(K_1000, p=P_880)
+    b.roi.width = 800
+    assert conv.camera_info_fields(a) != conv.camera_info_fields(b)
+
+
+def test_binning_and_regions_of_interest_are_refused():
+    for full in ((0, 0, 0, 0), (0, 0, 1600, 900)):
+        info = camera_info(K_1000, p=P_880)
+        info.binning_x = info.binning_y = 1
+        info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = full
+        assert conv.camera_info_to_intrinsics(info, True).raw_hw == (900, 1600)
+    info = camera_info(K_1000, p=P_880)
+    info.binning_y = 2
+    with pytest.raises(CameraInfoError, match="binning 0x2 is not supported"):
+        conv.camera_info_to_intrinsics(info, True)
+    for roi in ((100, 0, 1500, 900), (0, 0, 800, 450), (0, 0, 1600, 0)):
+        info = camera_info(K_1000, p=P_880)
+        info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = roi
+        with pytest.raises(CameraInfoError, match="roi .* not supported"):
+            conv.camera_info_to_intrinsics(info, False)
+
+
+@pytest.mark.parametrize("topic,rectified", [
+    ("/CAM_FRONT/image_rect_compressed", True), ("/cam/image_rect", True),
+    ("/cam/image_rect_color", True), ("/cam/image_rect/compressed", True),
+    ("image_rect_color/compressed", True), ("/cam/rect", True),
+    ("/cam/image_raw", False), ("/cam/image_raw/compressed", False), ("/cam/image", False),
+    ("/cam/image_color", False), ("/rect/image_raw", False), ("/cam/image_direct", False),
+    ("/compressed", False), ("", False),
+])
+def test_is_rectified_topic(topic, rectified):
+    assert conv.is_rectified_topic(topic) is rectified
 
 
 def test_frame_source_converts_a_repeated_camera_info_once(monkeypatch):
@@ -118,7 +250,7 @@ def test_frame_source_converts_a_repeated_camera_info_once(monkeypatch):
     calls = []
     convert = frame_source.camera_info_to_intrinsics
     monkeypatch.setattr(frame_source, "camera_info_to_intrinsics",
-                        lambda msg: calls.append(msg) or convert(msg))
+                        lambda msg, *args: calls.append(msg) or convert(msg, *args))
     source = frame_source.FrameSource(load_config(), TfBuffer(cache_s=1.0))
     k = [1266.4, 0, 816.3, 0, 1266.4, 491.5, 0, 0, 1]
     assert not source.set_camera_info(0, camera_info(k))  # the first one: nothing to invalidate
@@ -189,6 +321,34 @@ def test_plain_xyz_clouds_any_datatype_and_non_finite_points():
         conv.pointcloud2_to_array(msg)
     with pytest.raises(EncodingError, match="x, y, z"):
         conv.radar_points(np.zeros(2, [("a", "f4")]))
+
+
+def organised_cloud(height: int, width: int, row_pad: int) -> tuple[PointCloud2, np.ndarray]:
+    """An xyz float32 cloud of height rows x width points, each row padded by row_pad bytes."""
+    xyz = np.arange(height * width * 3, dtype=np.float32).reshape(height, width * 3) + 1
+    rows = np.full((height, width * 12 + row_pad), 0xFF, np.uint8)  # padding reads as NaN
+    rows[:, :width * 12] = xyz.view(np.uint8)
+    fields = [PointField(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz")]
+    msg = PointCloud2(height=height, width=width, fields=fields, point_step=12,
+                      row_step=width * 12 + row_pad, data=rows.tobytes(), is_dense=True)
+    return msg, xyz.reshape(-1, 3)
+
+
+def test_organised_cloud_with_row_padding():
+    msg, xyz = organised_cloud(3, 4, row_pad=24)
+    cloud = conv.pointcloud2_to_array(msg)
+    assert np.array_equal(np.stack([cloud["x"], cloud["y"], cloud["z"]], 1), xyz)
+
+
+def test_truncated_organised_cloud_with_row_padding_is_refused():
+    msg, _ = organised_cloud(3, 4, row_pad=24)
+    msg.data = msg.data[:-30]  # still more bytes than 12 points of 12 bytes
+    with pytest.raises(TruncatedDataError, match=r"186 data bytes, row_step 72 x height 3 = 216"):
+        conv.pointcloud2_to_array(msg)
+    msg, _ = organised_cloud(3, 4, row_pad=0)
+    msg.row_step = 40
+    with pytest.raises(EncodingError, match="row_step 40 is less than width 4 x point_step 12"):
+        conv.pointcloud2_to_array(msg)
 
 
 def test_stamps_round_trip():
