@@ -12,9 +12,17 @@ export cache on disk keyed by (weights hash, calibration hash, config, dtype, im
 the first start for a rig exports, later starts load. A file exported for another
 calibration is refused (`CalibrationMismatchError`). Missing runtime packages raise
 `MissingPackageError` saying what to install. The runtimes are imported lazily.
+
+Precision is always set explicitly, never left to a library default that depends on the CPU or
+GPU (OpenVINO's CPU plugin picks bf16 on bf16-capable CPUs; TensorRT, cuDNN and ONNX Runtime's
+CUDA provider allow TF32 on Ampere and newer). The rule, `backend_precision`: fp32 unless an
+explicit backend option or node.amp asks for less; a backend that cannot run the precision
+asked for refuses (`PrecisionError`) rather than run another. `backend.precision` says what
+runs and `backend.runtime` names it for logs and diagnostics, e.g. "openvino (fp32)".
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -26,20 +34,61 @@ import torch
 from torch import Tensor
 
 from .calibration import RigCalibration, check_cameras, model_inputs
-from .config import SimpleBevConfig, config_to_dict
+from .config import AMP_MODES, SimpleBevConfig, config_to_dict
 from .export import (CalibrationMismatchError, MissingPackageError)  # noqa: F401 (re-exported)
 from .export import (EXPORT_VERSION, OPSET, OUTPUT_NAMES, ExportError, check_calibration,
                      check_consistent, example_inputs, export_onnx, model_hash, read_metadata,
                      require)
+from .inference import AMP_DTYPES
 from .model import Segnet
 from .torchscript import freeze_segnet
 
 KINDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+PRECISIONS = ("fp32", "bf16", "fp16")
+# What each kind can run: torch autocasts; onnxruntime runs the export's dtype (the export has
+# no bf16); openvino and tensorrt lower an fp32 export themselves.
+KIND_PRECISIONS = {"torch": PRECISIONS, "onnxruntime": ("fp32", "fp16"), "openvino": PRECISIONS,
+                   "tensorrt": PRECISIONS}
+# OpenVINO's element type names for INFERENCE_PRECISION_HINT.
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 class BackendError(RuntimeError):
     """A backend cannot be built or run as asked (unknown kind, no GPU, bad engine)."""
+
+
+class PrecisionError(BackendError, ValueError):
+    """The precision asked for is not one this backend (or this machine) runs. A ValueError too:
+    it is a settings error, reported like the node's other start-up errors."""
+
+
+def backend_precision(kind: str, amp: str = "none", asked: str | None = None) -> str:
+    """The precision backend `kind` runs at: `asked` (an explicit backend option) when given,
+    else node.amp's autocast dtype (the inference.AMP_DTYPES names), fp32 for amp 'none'.
+    Raises PrecisionError when `kind` does not run that precision."""
+    if kind not in KIND_PRECISIONS:
+        raise BackendError(f"backend '{kind}' is not one of {list(KINDS)}")
+    if asked is None:
+        if amp not in AMP_MODES:
+            raise PrecisionError(f"amp '{amp}' is not one of {list(AMP_MODES)}")
+        asked = amp if amp in AMP_DTYPES else "fp32"
+    if asked not in KIND_PRECISIONS[kind]:
+        raise PrecisionError(f"{kind} backend: precision '{asked}' is not one of "
+                             f"{list(KIND_PRECISIONS[kind])}")
+    return asked
+
+
+def runtime_label(kind: str, precision: str) -> str:
+    """How a backend is named in logs and diagnostics: 'openvino (fp32)'."""
+    return f"{kind} ({precision})"
+
+
+def node_runtime(cfg: SimpleBevConfig) -> str:
+    """The runtime label of the backend `cfg.node` asks for (node.backend at node.amp), known
+    before any backend is built; the built backend's `runtime` is the same or it refused."""
+    kind = cfg.node.backend
+    return runtime_label(kind, backend_precision(kind, cfg.node.amp))
 
 
 @dataclass
@@ -59,10 +108,16 @@ class Backend:
     """
 
     kind = "base"
+    precision = "fp32"  # what runs: each backend sets it from what it asked its runtime for
 
     def __init__(self, cfg: SimpleBevConfig, calibration_hash: str, source: Path | None = None):
         self.cfg, self.calibration_hash, self.source = cfg, calibration_hash, source
         self.cache_hit = False  # set by build_backend: the export came from the cache
+
+    @property
+    def runtime(self) -> str:
+        """The backend and the precision it runs at, for logs and diagnostics."""
+        return runtime_label(self.kind, self.precision)
 
     def __call__(self, images: Tensor, radar: Tensor | None = None) -> BackendOutput:
         self.check_inputs(images, radar)
@@ -94,11 +149,26 @@ def _as_float_images(images: Tensor) -> Tensor:
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
+@contextlib.contextmanager
+def no_tf32():
+    """cuDNN convolutions (and, if a caller allowed it, CUDA matmuls) in true fp32: cuDNN's
+    default allows TF32 on Ampere and newer GPUs, a precision nobody asked for. The flags are
+    process-wide; they are restored on exit."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 # ----------------------------------------------------------------------------- torch
 
 
 class TorchBackend(Backend):
-    """The PyTorch model with the rig's LiftTable (eager). `dtype` bf16/fp16 autocasts on CUDA.
+    """The PyTorch model with the rig's LiftTable (eager). `dtype` bf16/fp16 autocasts; on
+    CUDA without TF32 (`no_tf32`), so fp32 is fp32 on every GPU.
     torchscript (fp32 only): batches of one run frozen TorchScript stages
     (simplebev_core.torchscript), other batch sizes the eager model."""
 
@@ -109,9 +179,8 @@ class TorchBackend(Backend):
                  torchscript: bool = False):
         super().__init__(cfg, calibration.hash)
         check_consistent(model, cfg)
-        if dtype not in ("fp32", "bf16", "fp16"):
-            raise BackendError(f"torch backend: dtype '{dtype}' is not one of fp32, bf16, fp16")
-        self.device, self.dtype = torch.device(device), dtype
+        self.precision = self.dtype = backend_precision("torch", asked=dtype)
+        self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         pix_T_cams, ref_T_cams = model_inputs(calibration, cfg)
         self.pix_T_cams, self.ref_T_cams = pix_T_cams.to(self.device), ref_T_cams.to(self.device)
@@ -129,12 +198,13 @@ class TorchBackend(Backend):
         B = images.shape[0]
         images = _as_float_images(images.to(self.device))
         radar = None if radar is None else radar.to(self.device).float()
-        autocast = self.dtype != "fp32"
-        amp_dtype = torch.bfloat16 if self.dtype == "bf16" else torch.float16
+        amp_dtype = AMP_DTYPES.get(self.dtype)
         model = self.frozen if self.frozen is not None and B == 1 else self.model
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=autocast):
+        strict = no_tf32() if self.device.type == "cuda" else contextlib.nullcontext()
+        with torch.no_grad(), strict, torch.autocast(self.device.type, dtype=amp_dtype,
+                                                     enabled=amp_dtype is not None):
             out = model(images, self.pix_T_cams.expand(B, -1, -1, -1),
-                             self.ref_T_cams.expand(B, -1, -1, -1), radar, lift_table=self.table)
+                        self.ref_T_cams.expand(B, -1, -1, -1), radar, lift_table=self.table)
         return BackendOutput(out.segmentation.float(), out.center.float(), out.offset.float())
 
 
@@ -171,54 +241,99 @@ class _ExportedBackend(Backend):
         return BackendOutput(*(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in arrays))
 
 
+# ONNX Runtime session entries that could lower precision, each pinned off rather than left to
+# the build's default: denormals flushed to zero, bf16 fast-math GEMMs (ARM64 builds on bf16
+# hardware), tanh-approximated Gelu. Keys a build does not know are stored and ignored.
+ORT_EXACT_ENTRIES = {"session.set_denormal_as_zero": "0",
+                     "mlas.enable_gemm_fastmath_arm64_bfloat16": "0",
+                     "optimization.enable_gelu_approximation": "0"}
+
+
+def ort_providers(providers: tuple[str, ...]) -> list:
+    """ONNX Runtime's providers argument: the CUDA provider with TF32 off (its default allows
+    TF32 on Ampere and newer), the others as named."""
+    return [(name, {"use_tf32": "0"}) if name == "CUDAExecutionProvider" else name
+            for name in providers]
+
+
 class OnnxRuntimeBackend(_ExportedBackend):
-    """ONNX Runtime, CPU execution provider by default; all graph optimisations on.
-    `spin=False` stops idle intra-op threads from busy-waiting (better on a shared CPU)."""
+    """ONNX Runtime, CPU execution provider by default; all graph optimisations on (they change
+    the layout and the summation order, not the precision: see ORT_EXACT_ENTRIES). It runs the
+    export's dtype: `precision`, when given, must be it. `spin=False` stops idle intra-op
+    threads from busy-waiting (better on a shared CPU)."""
 
     kind = "onnxruntime"
 
     def __init__(self, path: str | Path, calibration: RigCalibration, threads: int | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool = True):
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool = True,
+                 precision: str | None = None):
         ort = require("onnxruntime", "the onnxruntime backend")
         super().__init__(path, calibration)
+        self.precision = backend_precision(self.kind, asked=precision or self.meta.dtype)
+        if self.precision != self.meta.dtype:
+            raise PrecisionError(f"onnxruntime backend: '{path}' is a {self.meta.dtype} export "
+                                 f"and runs at {self.meta.dtype}, not {self.precision}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        for key, value in ORT_EXACT_ENTRIES.items():
+            options.add_session_config_entry(key, value)
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), sess_options=options,
-                                            providers=list(providers))
+                                            providers=ort_providers(providers))
 
     def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
         return self.outputs(self.session.run(list(OUTPUT_NAMES), self.feeds(images, radar)))
 
 
 class OpenVinoBackend(_ExportedBackend):
-    """OpenVINO on its CPU plugin (latency hint). Compiled once per batch size: static shapes
-    let the plugin pick its fastest kernels."""
+    """OpenVINO on its CPU plugin (latency hint) at `precision` (fp32 | bf16 | fp16), set as the
+    inference precision hint: left unset, the plugin runs bf16 on CPUs with bf16 support. The
+    compiled model's hint is read back; a plugin that would run another precision (f16 on most
+    x86 CPUs, bf16 on CPUs without it) is refused. Compiled once per batch size (batch 1 at
+    construction): static shapes let the plugin pick its fastest kernels."""
 
     kind = "openvino"
 
     def __init__(self, path: str | Path, calibration: RigCalibration, threads: int | None = None,
-                 device: str = "CPU"):
+                 device: str = "CPU", precision: str = "fp32"):
         self.ov = require("openvino", "the openvino backend")
         super().__init__(path, calibration)
+        self.precision = backend_precision(self.kind, asked=precision)
         self.core = self.ov.Core()
         self.device = device
-        self.config = {"PERFORMANCE_HINT": "LATENCY"}
+        self.config = {"PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision]}
+        if "DYNAMIC_QUANTIZATION_GROUP_SIZE" in self.core.get_property(device,
+                                                                       "SUPPORTED_PROPERTIES"):
+            # On by default for fully connected layers (int8 activations): never asked for.
+            self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled: dict[int, object] = {}
+        self._compiled(1)  # a precision the plugin will not run fails here, not at the first set
+
+    def compiled_precision(self, compiled) -> str:
+        """The inference precision a compiled model runs at, read back from the plugin."""
+        element = compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = element.get_type_name()
+        return next((ours for ours, ov_name in OV_PRECISIONS.items() if ov_name == name), name)
 
     def _compiled(self, batch: int):
         if batch not in self.compiled:
             model = self.core.read_model(str(self.source))
             model.reshape({inp.get_any_name(): [batch] + list(inp.get_partial_shape())[1:]
                            for inp in model.inputs})
-            self.compiled[batch] = self.core.compile_model(model, self.device, self.config)
+            compiled = self.core.compile_model(model, self.device, self.config)
+            runs = self.compiled_precision(compiled)
+            if runs != self.precision:
+                raise PrecisionError(f"openvino backend: asked {self.device} for {self.precision} "
+                                     f"inference, it runs {runs} on this machine")
+            self.compiled[batch] = compiled
         return self.compiled[batch]
 
     def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
@@ -229,13 +344,14 @@ class OpenVinoBackend(_ExportedBackend):
 
 
 class TensorRtBackend(_ExportedBackend):
-    """TensorRT on CUDA from the exported fp32 ONNX file; `precision` fp16 sets the builder's
-    FP16 flag (layers may run in fp16). The serialised engine is cached beside the file.
-    Needs the `tensorrt` package and a GPU; not exercised on CPU-only machines."""
+    """TensorRT on CUDA from the exported fp32 ONNX file at `precision`: fp32 builds without
+    TF32 (TensorRT's default allows it on Ampere and newer), fp16 / bf16 set the builder's
+    FP16 / BF16 flag (layers may run in that type). The serialised engine is cached beside the
+    file. Needs the `tensorrt` package and a GPU; not exercised on CPU-only machines."""
 
     kind = "tensorrt"
 
-    def __init__(self, path: str | Path, calibration: RigCalibration, precision: str = "fp16",
+    def __init__(self, path: str | Path, calibration: RigCalibration, precision: str = "fp32",
                  max_batch: int = 1):
         self.trt = require("tensorrt", "the tensorrt backend")
         if not torch.cuda.is_available():
@@ -244,8 +360,12 @@ class TensorRtBackend(_ExportedBackend):
         if self.meta.dtype != "fp32":
             raise BackendError(f"tensorrt backend: build from an fp32 export ('{path}' is "
                                f"{self.meta.dtype}); precision is chosen by the engine builder")
-        self.precision, self.max_batch = precision, max_batch
-        self.engine_path = Path(path).with_suffix(f".{precision}.b{max_batch}.engine")
+        self.precision, self.max_batch = backend_precision(self.kind, asked=precision), max_batch
+        if self.precision != "fp32" and not hasattr(self.trt.BuilderFlag, self.precision.upper()):
+            raise PrecisionError(f"tensorrt backend: TensorRT {self.trt.__version__} has no "
+                                 f"{self.precision} builder flag")
+        # 'notf32' in the name: engines cached before TF32 was turned off are not reused.
+        self.engine_path = Path(path).with_suffix(f".{self.precision}-notf32.b{max_batch}.engine")
         self.build_s = 0.0
         logger = self.trt.Logger(self.trt.Logger.WARNING)
         if not self.engine_path.is_file():
@@ -268,8 +388,9 @@ class TensorRtBackend(_ExportedBackend):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise BackendError(f"tensorrt backend: cannot parse '{self.source}': {errors}")
         config = builder.create_builder_config()
-        if self.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
+        config.clear_flag(trt.BuilderFlag.TF32)  # the only lowering is the one asked for
+        if self.precision != "fp32":
+            config.set_flag(getattr(trt.BuilderFlag, self.precision.upper()))  # FP16 | BF16
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
@@ -337,34 +458,39 @@ def cached_export(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibrati
 
 
 def load_backend(kind: str, path: str | Path, calibration: RigCalibration, *,
-                 threads: int | None = None, precision: str = "fp16") -> Backend:
-    """A runtime backend for an already exported file; refuses another rig's calibration."""
+                 threads: int | None = None, precision: str | None = None) -> Backend:
+    """A runtime backend for an already exported file; refuses another rig's calibration.
+    precision: onnxruntime: the export's dtype (None: whatever it is); openvino, tensorrt:
+    fp32 | bf16 | fp16 (None: fp32)."""
     if kind == "onnxruntime":
-        return OnnxRuntimeBackend(path, calibration, threads)
+        return OnnxRuntimeBackend(path, calibration, threads, precision=precision)
     if kind == "openvino":
-        return OpenVinoBackend(path, calibration, threads)
+        return OpenVinoBackend(path, calibration, threads, precision=precision or "fp32")
     if kind == "tensorrt":
-        return TensorRtBackend(path, calibration, precision)
+        return TensorRtBackend(path, calibration, precision or "fp32")
     raise BackendError(f"backend '{kind}' does not run exported files (one of onnxruntime, "
                        "openvino, tensorrt)")
 
 
 def build_backend(kind: str, model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration,
-                  cache_dir: str | Path, *, dtype: str = "fp32", threads: int | None = None,
+                  cache_dir: str | Path, *, dtype: str | None = None, threads: int | None = None,
                   device: str = "cpu") -> Backend:
     """The backend `kind` (torch | onnxruntime | openvino | tensorrt) for this model and rig.
 
-    dtype: torch: fp32 | bf16 | fp16 (autocast, CUDA); onnxruntime/openvino: the export's dtype
-    (fp32 | fp16); tensorrt: the engine precision (fp32 | fp16) over an fp32 export.
+    dtype: the precision (backend_precision; None: cfg.node.amp's, fp32 for 'none'). torch:
+    fp32 | bf16 | fp16 (autocast); onnxruntime: the export's dtype (fp32 | fp16); openvino:
+    the inference precision hint, tensorrt: the engine precision (fp32 | bf16 | fp16), both
+    over an fp32 export.
     threads: intra-op threads of the CPU runtimes (None: the runtime's default).
     """
     if kind not in KINDS:
         raise BackendError(f"backend '{kind}' is not one of {list(KINDS)}")
+    precision = backend_precision(kind, cfg.node.amp, dtype)  # refuse before a long export
     if kind == "torch":
-        return TorchBackend(model, cfg, calibration, device, dtype)
+        return TorchBackend(model, cfg, calibration, device, precision)
     require(RUNTIME_PACKAGES[kind], f"the {kind} backend")  # fail before a long export
-    export_dtype = "fp32" if kind == "tensorrt" else dtype
+    export_dtype = precision if kind == "onnxruntime" else "fp32"
     path, hit = cached_export(model, cfg, calibration, cache_dir, export_dtype)
-    backend = load_backend(kind, path, calibration, threads=threads, precision=dtype)
+    backend = load_backend(kind, path, calibration, threads=threads, precision=precision)
     backend.cache_hit = hit
     return backend

@@ -1,15 +1,19 @@
 """build_backend: torch vs ONNX Runtime (and OpenVINO) on the same inputs, the export cache,
-calibration refusal, missing runtimes, input checks."""
+calibration refusal, missing runtimes, input checks, and the precision each backend runs at
+(set explicitly and read back, so the parity holds on CPUs with and without bf16)."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
 import torch
 
 from simplebev_core import build_model
-from simplebev_core.backends import (BackendError, BackendOutput, build_backend, cached_export,
-                                     load_backend)
+from simplebev_core.backends import (ORT_EXACT_ENTRIES, BackendError, BackendOutput,
+                                     PrecisionError, TorchBackend, backend_precision,
+                                     build_backend, cached_export, load_backend, no_tf32,
+                                     node_runtime, ort_providers)
 from simplebev_core.export import CalibrationMismatchError, MissingPackageError, example_inputs
 
 from .deploy_rigs import tiny_calibration, tiny_cfg
@@ -67,8 +71,6 @@ def test_torch_and_onnxruntime_backends_give_matching_grids(setup, tmp_path):
 
 
 def test_torch_backend_with_torchscript_matches_eager(setup):
-    from simplebev_core.backends import TorchBackend
-
     cfg, model, rig, _, _ = setup
     eager = TorchBackend(model, cfg, rig)
     scripted = TorchBackend(model, cfg, rig, torchscript=True)
@@ -103,8 +105,101 @@ def test_openvino_backend_matches_torch(setup, tmp_path):
     images, radar = example_inputs(cfg, batch=1, seed=5)
     eager = build_backend("torch", model, cfg, rig, tmp_path)
     runtime = build_backend("openvino", model, cfg, rig, cache, threads=1)
-    assert runtime.cache_hit
+    assert runtime.cache_hit and runtime.precision == "fp32"
     assert_same_grids(eager(images, radar), runtime(images, radar))
+
+
+def test_openvino_inference_precision_is_set_to_f32(setup):
+    """The setting itself, read back from the compiled models: left to the CPU plugin, it is
+    bf16 on CPUs with bf16 support (2e-2 from torch instead of 3e-6)."""
+    ov = pytest.importorskip("openvino", reason="openvino (deploy extra) is not importable here")
+    cfg, _, rig, _, runtime = setup
+    backend = load_backend("openvino", runtime.source, rig, threads=1)
+    images, radar = example_inputs(cfg, batch=2, seed=7)
+    backend(images, radar)  # compiles batch 2 beside the batch 1 compiled at construction
+    assert sorted(backend.compiled) == [1, 2]
+    for compiled in backend.compiled.values():
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+        assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+    assert backend.precision == "fp32" and backend.runtime == "openvino (fp32)"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_openvino_lower_precision_runs_as_asked_or_is_refused(setup, precision):
+    """Whatever the CPU: the plugin runs the precision asked for (read back), or the backend
+    refuses; never another one (f16 asked of an x86 CPU without it would run bf16)."""
+    pytest.importorskip("openvino", reason="openvino (deploy extra) is not importable here")
+    cfg, model, rig, _, runtime = setup
+    try:
+        backend = load_backend("openvino", runtime.source, rig, threads=1, precision=precision)
+    except PrecisionError as e:
+        assert f"for {precision} inference, it runs" in str(e)
+        return
+    assert backend.precision == precision and backend.runtime == f"openvino ({precision})"
+    assert [backend.compiled_precision(c) for c in backend.compiled.values()] == [precision]
+    images, radar = example_inputs(cfg, batch=1, seed=5)
+    lowered, exact = backend(images, radar), runtime(images, radar)
+    rel = float((lowered.segmentation - exact.segmentation).abs().max()
+                / exact.segmentation.abs().max())
+    assert rel < 0.1, f"{precision}: relative difference {rel:.2e}"
+
+
+def test_onnxruntime_precision_is_explicit(setup, tmp_path):
+    import onnxruntime as ort
+
+    cfg, model, rig, _, runtime = setup
+    assert runtime.precision == "fp32" and runtime.runtime == "onnxruntime (fp32)"
+    options = runtime.session.get_session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for key, value in ORT_EXACT_ENTRIES.items():
+        assert options.get_session_config_entry(key) == value == "0"
+    assert ort_providers(("CUDAExecutionProvider", "CPUExecutionProvider")) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    with pytest.raises(PrecisionError, match="fp32 export"):
+        load_backend("onnxruntime", runtime.source, rig, precision="fp16")
+    # node.amp bf16 asks for what ONNX Runtime cannot run: refused before anything is exported
+    amp_cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, amp="bf16"))
+    with pytest.raises(PrecisionError, match="'bf16'"):
+        build_backend("onnxruntime", model, amp_cfg, rig, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_precision_rule():
+    """fp32 unless an explicit backend option or node.amp asks for less; a kind that cannot
+    run it refuses (a ValueError: the node reports it as a start-up error)."""
+    for kind in ("torch", "onnxruntime", "openvino", "tensorrt"):
+        assert backend_precision(kind) == "fp32" == backend_precision(kind, "none")
+        assert backend_precision(kind, "fp16") == "fp16"
+        assert backend_precision(kind, "fp16", asked="fp32") == "fp32"
+    for kind in ("torch", "openvino", "tensorrt"):
+        assert backend_precision(kind, "bf16") == "bf16"
+    with pytest.raises(PrecisionError) as refused:
+        backend_precision("onnxruntime", "bf16")
+    assert isinstance(refused.value, ValueError)
+    with pytest.raises(PrecisionError, match="int8"):
+        backend_precision("openvino", asked="int8")
+    static = {"input.camera_poses": "static"}
+    assert node_runtime(tiny_cfg(**static, **{"node.backend": "openvino"})) == "openvino (fp32)"
+    assert node_runtime(tiny_cfg(**static, **{"node.backend": "tensorrt", "node.amp": "fp16"})
+                        ) == "tensorrt (fp16)"
+    with pytest.raises(PrecisionError):
+        node_runtime(tiny_cfg(**static, **{"node.backend": "onnxruntime", "node.amp": "bf16"}))
+
+
+def test_torch_backend_precision_and_tf32_scope(setup):
+    cfg, model, rig, _, _ = setup
+    assert TorchBackend(model, cfg, rig).runtime == "torch (fp32)"
+    with pytest.raises(PrecisionError):
+        TorchBackend(model, cfg, rig, dtype="int8")
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with no_tf32():
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+        assert cudnn.allow_tf32 and matmul.allow_tf32  # process-wide flags come back
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("kind, module", [("onnxruntime", "onnxruntime"), ("openvino", "openvino"),
