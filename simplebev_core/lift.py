@@ -188,9 +188,10 @@ class LiftTable:
         self.pixel_convention = pixel_convention
         self.feature_phase_px = feature_phase_px
         self.num_cameras = pix_T_cams.shape[0]
-        self.weights, self.count = self._build()
+        self.weights, self.count, self.seen_by_camera = self._build()
 
-    def _build(self) -> tuple[Tensor, Tensor]:
+    def _build(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(weights, count per voxel (V,), which voxels each camera sees (S, V) bool)."""
         Hf, Wf = self.feat_hw
         S, V = self.num_cameras, self.grid.num_voxels
         device = self.pix_T_cams.device
@@ -220,7 +221,7 @@ class LiftTable:
         # Indices are built in range above, so invariant checks are opted out of explicitly.
         weights = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (V, S * Hf * Wf),
                                           check_invariants=False)
-        return self._layout(weights, device), count
+        return self._layout(weights, device), count, support
 
     @staticmethod
     def _layout(weights: Tensor, device: torch.device | str) -> Tensor:
@@ -244,6 +245,7 @@ class LiftTable:
     def to(self, device: torch.device | str) -> "LiftTable":
         self.weights, self.count = (self._layout(self.weights.to_sparse_coo(), device),
                                     self.count.to(device))
+        self.seen_by_camera = self.seen_by_camera.to(device)
         self.pix_T_cams, self.ref_T_cams = self.pix_T_cams.to(device), self.ref_T_cams.to(device)
         return self
 

@@ -271,3 +271,16 @@ def sweep_lag_s(frame_stamp_ns: int, sweep_stamp_ns: int) -> float:
     """The meta-radar time-lag channel: how long before the frame the sweep was taken, seconds.
     Integer nanoseconds in, so every data source computes the same float."""
     return (int(frame_stamp_ns) - int(sweep_stamp_ns)) * 1e-9
+
+
+# nuScenes' radars sweep at about 13 Hz; training uses the last data.radar_sweeps sweeps at or
+# before the frame, so the oldest sweep it ever saw is about that many periods old.
+NUSCENES_RADAR_HZ = 13.0
+
+
+def max_sweep_age_s(radar_sweeps: int, configured_s: float = 0.0) -> float:
+    """How old a sweep may be and still be used: `configured_s` when positive, else the
+    training window (radar_sweeps periods of nuScenes' radar) plus one period of slack."""
+    if configured_s > 0.0:
+        return configured_s
+    return (radar_sweeps + 1) / NUSCENES_RADAR_HZ

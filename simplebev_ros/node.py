@@ -5,22 +5,32 @@ debug image and diagnostics out.
     python -m simplebev_ros.node --ros-args --params-file config/simplebev.yaml -p checkpoint:=PATH
 
 Wiring only: subscription callbacks store messages (CameraInfo, radar, TF) or hand images to
-the synchroniser; complete (or masked) camera sets go to a one-slot mailbox that a worker
-thread drains, so only the newest set is processed and older ones waiting behind a busy model
-are dropped and counted. Everything numeric lives in simplebev_core and the pure modules of
-simplebev_ros (pipeline, frame_source, sync, tf_buffer, conversions).
+the synchroniser; its camera sets wait in the input gate until their transforms and CameraInfo
+are in (at most node.input_wait_s), then go to a one-slot mailbox that a worker thread drains,
+so only the newest set is processed and older ones waiting behind a busy model are dropped and
+counted. Any exception while processing a set is counted by type and logged (throttled); the
+worker goes on. Everything numeric lives in simplebev_core and the pure modules of
+simplebev_ros (pipeline, frame_source, sync, input_gate, tf_buffer, conversions).
+
+Time going backwards: camera stamps jumping back (a bag loop) reset the synchroniser, the gate,
+the mailbox and the radar buffers; TF edges detect their own jumps (tf_buffer). With
+use_sim_time, the ROS clock jumping backwards clears the TF buffer too, as tf2_ros's
+TransformListener does.
 """
 from __future__ import annotations
 
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -30,6 +40,7 @@ from visualization_msgs.msg import MarkerArray
 
 from simplebev.msg import BevInstances
 from simplebev_core.allocator import keep_freed_memory
+from simplebev_core.backends import node_runtime
 from simplebev_core.checkpoint import CheckpointError
 from simplebev_core.config import NODE_NAME, ConfigError, load_config
 from simplebev_core.device import DeviceError, resolve_device
@@ -40,10 +51,11 @@ from simplebev_core.inference import (ConfigMismatchError, Predictor, blank_samp
 from . import conversions as conv
 from . import params
 from .diagnostics import NodeStats
-from .errors import InputError, MissingInputError
+from .errors import InputError
 from .frame_source import FrameSource
+from .input_gate import GatedSet, InputGate
 from .pipeline import BevPipeline, BevResult
-from .stamps import BACKWARDS_JUMP_S
+from .stamps import BACKWARDS_JUMP_NS, NS_PER_S, stamp_to_ns
 from .sync import CameraSync, SyncedSet
 from .tf_buffer import TransformException, make_tf_buffer
 
@@ -79,6 +91,10 @@ class LatestSlot:
             item, self._item = self._item, None
             return item
 
+    def clear(self) -> None:
+        with self._ready:
+            self._item = None
+
 
 class BevNode(Node):
     def __init__(self) -> None:
@@ -97,22 +113,29 @@ class BevNode(Node):
                               cfg.node.torchscript and cfg.node.backend == "torch")
         predictor.warm_up(blank_sample(cfg))
         # What runs the model: the predictor, or an exported runtime (built per rig).
-        self.runtime = predictor.runtime if cfg.node.backend == "torch" else cfg.node.backend
-        self.tf = make_tf_buffer(cfg.node.tf_cache_s, cfg.node.tf_tolerance_s)
+        self.runtime = predictor.runtime if cfg.node.backend == "torch" else node_runtime(cfg)
+        self.tf = make_tf_buffer(cfg.node.tf_cache_s)
         self.source = FrameSource(cfg, self.tf)
         self.pipeline = BevPipeline(cfg, predictor, self.source)
         cams = cfg.input.cameras
         self.sync = CameraSync(cams, cams.index(cfg.input.ref_camera), cfg.node.sync_slop_s,
                                cfg.node.sync_queue_size, cfg.node.missing_camera_timeout_s,
                                cfg.node.missing_camera_policy)
-        self.stats = NodeStats(cams)
-        self.lock = threading.Lock()  # guards sync, source and TF (callbacks vs worker)
+        self.gate = InputGate(cfg.node.input_wait_s, cfg.node.sync_queue_size)
+        radars = cfg.node.radar_topics if cfg.model.radar != "none" else ()
+        self.stats = NodeStats(cams, radars)
+        # Guards sync, gate, source and TF (executor callbacks vs the worker).
+        self.lock = threading.Lock()
+        # Publishing vs shutdown: stop() takes it, so no publish runs through a destroyed node.
+        self._publish_lock = threading.Lock()
         self.mailbox = LatestSlot()
-        self._newest_tf_ns = 0
         self._time_jumps = 0
         self._logged: dict[str, float] = {}
         self._subscribe(cfg)
         self._advertise(cfg)
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-BACKWARDS_JUMP_NS),
+                          on_clock_change=False), post_callback=self._on_clock_jump)
         self.add_on_set_parameters_callback(self._on_parameters)
         self._running = True
         self.worker = threading.Thread(target=self._work, name="simplebev-inference", daemon=True)
@@ -163,18 +186,24 @@ class BevNode(Node):
         self.create_timer(n.diagnostics_period_s, self._guard(self._on_diagnostics))
 
     def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
-        """Bad input is logged (throttled) and counted; it never stops the node."""
+        """Nothing a message does may stop the node: bad input is logged (throttled) and
+        counted by kind, and so is any other exception (by type, with a traceback once)."""
         def run(*args: Any) -> None:
             try:
                 callback(*args)
             except FRAME_ERRORS + (ValueError,) as e:
                 self._count_error(e)
+            except Exception as e:  # a defect, not bad input: keep going, but say where
+                self._count_error(e, with_traceback=True)
         return run
 
-    def _count_error(self, e: Exception) -> None:
+    def _count_error(self, e: Exception, with_traceback: bool = False) -> None:
         kind = getattr(e, "kind", type(e).__name__)
         self.stats.error(kind, str(e))
-        self._throttled("warning", kind, f"{kind}: {e}")
+        text = f"{kind}: {e}"
+        if with_traceback:
+            text += "\n" + "".join(traceback.format_exception(e))
+        self._throttled("warning", kind, text)
 
     def _throttled(self, level: str, key: str, text: str) -> None:
         now = time.monotonic()
@@ -186,8 +215,7 @@ class BevNode(Node):
     def _on_image(self, slot: int, msg: Any) -> None:
         self.stats.image(self.cfg.input.cameras[slot], time.monotonic_ns())
         with self.lock:
-            sets = self.sync.add(slot, conv.stamp_to_ns(msg.header.stamp), msg,
-                                 time.monotonic_ns())
+            sets = self.sync.add(slot, stamp_to_ns(msg.header.stamp), msg, time.monotonic_ns())
             self._after_sync(sets)
 
     def _on_poll(self) -> None:
@@ -195,27 +223,45 @@ class BevNode(Node):
             self._after_sync(self.sync.poll(time.monotonic_ns()))
 
     def _after_sync(self, sets: list[SyncedSet]) -> None:
+        """Sets released by the synchroniser enter the gate; ready ones go to the worker."""
         if self.sync.counts["time_jumps"] != self._time_jumps:
             self._time_jumps = self.sync.counts["time_jumps"]
-            self._reset("camera stamps jumped backwards")
+            # The synchroniser has reset itself and kept the image that jumped: only what
+            # waits behind it is cleared here.
+            self._reset("camera stamps jumped backwards", clear_sync=False, clear_tf=False)
+        now = time.monotonic()
         for synced in sets:
-            # With the release time: the worker reports how long a set waited for the model
-            # to finish the previous one ("queue"), apart from the node's own stages.
-            if self.mailbox.put((synced, time.perf_counter())):
-                self.stats.counts["dropped_busy"] += 1
+            self._hand_over(self.gate.add(synced, now))
+        self._release_ready()
+
+    def _release_ready(self) -> None:
+        """Called with self.lock held, whenever TF, CameraInfo, a set or a timer tick came."""
+        self._hand_over(self.gate.release(time.monotonic(), self.source.inputs_ready))
+
+    def _hand_over(self, gated: list[GatedSet]) -> None:
+        for item in gated:
+            # With the release time: the worker reports how long a set waited for its inputs
+            # and for the model to finish the previous one ("queue").
+            self.stats.handed_to_worker(time.monotonic_ns())
+            if self.mailbox.put(item):
+                self.stats.count("dropped_busy")
 
     def _on_camera_info(self, slot: int, msg: Any) -> None:
         with self.lock:
             changed = self.source.set_camera_info(slot, msg)
             intrinsics = self.source.intrinsics[slot]
+            self._release_ready()
+        name = self.cfg.input.cameras[slot]
         if changed:
-            self.get_logger().info(f"CameraInfo of {self.cfg.input.cameras[slot]} changed")
-        if intrinsics.has_distortion:
+            self.get_logger().info(f"CameraInfo of {name} changed")
+        if intrinsics.has_distortion and not self.source.rectified[slot]:
             self._throttled("warning", f"distortion{slot}",
-                            f"{self.cfg.input.cameras[slot]}: non-zero distortion in CameraInfo; "
-                            f"the model assumes rectified images")
+                            f"{name}: non-zero distortion in CameraInfo for a raw image topic "
+                            f"({self.cfg.node.camera_image_topic(name)}); the model assumes "
+                            f"rectified images")
 
     def _on_radar(self, topic: str, msg: Any) -> None:
+        self.stats.radar(topic, time.monotonic_ns())
         with self.lock:
             self.source.add_radar(topic, msg)
         if self.cfg.model.radar == "meta" and not self.source.radar_has_meta.get(topic, True):
@@ -225,20 +271,30 @@ class BevNode(Node):
 
     def _on_tf(self, msg: Any, static: bool) -> None:
         with self.lock:
-            if not static:
-                newest = max((conv.stamp_to_ns(t.header.stamp) for t in msg.transforms), default=0)
-                if self._newest_tf_ns and newest < self._newest_tf_ns - BACKWARDS_JUMP_S * 1e9:
-                    self._reset("/tf stamps jumped backwards")
-                self._newest_tf_ns = max(self._newest_tf_ns, newest)
-            self.tf.add_message(msg, static)
+            events = self.tf.add_message(msg, static)
+            self._release_ready()
+        for event in events:
+            self.stats.error(event.kind, event.text)
+            self._throttled("warning", event.kind, f"{event.kind}: {event.text}")
 
-    def _reset(self, why: str) -> None:
-        """Time went backwards (a bag loop): forget buffered state, keep running."""
-        self.sync.reset()
+    def _on_clock_jump(self, _jump: Any) -> None:
+        """The ROS clock went backwards (use_sim_time and a bag loop): tf2_ros clears its
+        buffer then; so does the node, with everything that waits on it."""
+        with self.lock:
+            self._reset("the ROS clock jumped backwards", clear_sync=True, clear_tf=True)
+
+    def _reset(self, why: str, clear_sync: bool, clear_tf: bool) -> None:
+        """Time went backwards: forget what was buffered before the jump, keep running."""
+        if clear_sync:
+            self.sync.reset()
+        self.gate.clear()
+        self.mailbox.clear()
         self.source.reset()
-        self.tf.clear()
-        self._newest_tf_ns = 0
-        self.get_logger().warning(f"{why}: cleared the synchroniser, radar and TF buffers")
+        if clear_tf:
+            self.tf.clear()
+        self.stats.count("resets")
+        what = "synchroniser, held sets, radar" + (" and TF buffers" if clear_tf else " buffers")
+        self.get_logger().warning(f"{why}: cleared the {what}")
 
     def _on_parameters(self, changed: list[Any]) -> SetParametersResult:
         runtime = [p for p in changed if p.name.startswith(params.RUNTIME_PREFIX)]
@@ -255,55 +311,53 @@ class BevNode(Node):
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
+        """The inference thread: nothing a set does may end it."""
         while self._running:
-            taken = self.mailbox.take(0.1)
-            if taken is not None:
-                synced, released = taken
-                self._process(synced, time.perf_counter() - released,
-                              time.monotonic() + self.cfg.node.input_wait_s)
-
-    def _process(self, synced: SyncedSet, queue_s: float, wait_until: float) -> None:
-        while True:
+            gated = self.mailbox.take(0.1)
+            if gated is None:
+                continue
             try:
-                t = time.perf_counter()
-                with self.lock:
-                    raw, rig = self.pipeline.inputs(synced)
-                break
-            except (MissingInputError, TransformException) as e:
-                # CameraInfo or a transform may still be on its way (topics are not ordered;
-                # at start-up the TF tree may not know the frames yet):
-                # retry for a short while, unless a newer set is already waiting.
-                if time.monotonic() >= wait_until or self.mailbox.waiting() or not self._running:
-                    self.stats.failed()
-                    self._count_error(e)
-                    return
-                time.sleep(0.01)
+                self._process(gated)
             except FRAME_ERRORS as e:
                 self.stats.failed()
                 self._count_error(e)
-                return
+            except Exception as e:  # a defect or a model failure: count it, keep serving
+                self.stats.failed()
+                self._count_error(e, with_traceback=True)
+
+    def _process(self, gated: GatedSet) -> None:
+        queue_s = time.monotonic() - gated.released_s
+        tolerance_ns = int(round(self.cfg.node.tf_tolerance_s * NS_PER_S)) \
+            if gated.waited_out else 0
+        t = time.perf_counter()
+        with self.lock:
+            raw, rig = self.pipeline.inputs(gated.synced, tolerance_ns)
         inputs_s = time.perf_counter() - t
+        if gated.waited_out:
+            self.stats.count("sets_extrapolated")
         if rig.rebuilt:
             self.get_logger().info(f"rig calibration {rig.calibration.hash[:12]}: built the lift "
                                    f"table, visible cells and grid mapping")
-        try:
-            result = self.pipeline.run(raw, rig)
-        except FRAME_ERRORS as e:
-            self.stats.failed()
-            self._count_error(e)
-            return
+        if not self.source.motion_compensated:
+            self._throttled("warning", "uncompensated",
+                            f"no '{self.cfg.node.map_frame}' frame in TF: camera poses are not "
+                            f"motion-compensated")
+        result = self.pipeline.run(raw, rig)
         result.timings = {"queue": queue_s, "inputs": inputs_s, **result.timings}
-        self._publish(result, synced)
+        self._publish(result, gated.synced)
 
     def _publish(self, result: BevResult, synced: SyncedSet) -> None:
-        t = time.perf_counter()
-        frame, stamp = self.cfg.node.base_frame, result.stamp_ns
-        self.pub_grid.publish(conv.occupancy_grid(result.values, result.grid, frame, stamp))
-        self.pub_instances.publish(conv.bev_instances(result.instances, frame, stamp))
-        self.pub_markers.publish(conv.marker_array(result.instances, frame, stamp))
-        if self.pub_image.get_subscription_count() > 0:
-            self.pub_image.publish(conv.rgb_image(conv.bev_rgb(result.values), frame, stamp))
-        result.timings["publish"] = time.perf_counter() - t
+        with self._publish_lock:
+            if not self._running:
+                return  # stopping: the node's publishers may already be gone
+            t = time.perf_counter()
+            frame, stamp = self.cfg.node.base_frame, result.stamp_ns
+            self.pub_grid.publish(conv.occupancy_grid(result.values, result.grid, frame, stamp))
+            self.pub_instances.publish(conv.bev_instances(result.instances, frame, stamp))
+            self.pub_markers.publish(conv.marker_array(result.instances, frame, stamp))
+            if self.pub_image.get_subscription_count() > 0:
+                self.pub_image.publish(conv.rgb_image(conv.bev_rgb(result.values), frame, stamp))
+            result.timings["publish"] = time.perf_counter() - t
         latency_s = (self.get_clock().now().nanoseconds - stamp) * 1e-9
         self.stats.processed(result.timings, latency_s, synced.spread_ns * 1e-9,
                              time.monotonic_ns())
@@ -313,12 +367,19 @@ class BevNode(Node):
                 "runtime": self.runtime,
                 "step": str(self.loaded.step),
                 "motion_compensated": str(self.source.motion_compensated)}
+        with self.lock:
+            counts = dict(self.source.counts)
+        for key, n in counts.items():
+            info[key] = str(n)
         statuses = self.stats.statuses(time.monotonic_ns(), self.cfg.node.camera_silence_warn_s,
-                                       self.sync.counts, self.sync.masked_per_camera, info)
+                                       self.sync.counts, self.sync.masked_per_camera, info,
+                                       self.worker.is_alive())
         self.pub_diag.publish(conv.diagnostic_array(statuses, self.get_clock().now().nanoseconds))
 
     def stop(self) -> None:
-        self._running = False
+        """Stop the worker; once this returns nothing is published any more."""
+        with self._publish_lock:
+            self._running = False
         self.worker.join(timeout=5.0)
 
 
@@ -336,6 +397,10 @@ def main(args: list[str] | None = None) -> int:
         print(f"simplebev_node: cannot start: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        # Ctrl-C while the model loads or warms up: the user asked to stop; not an error.
+        rclpy.try_shutdown()
+        return 0
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -4,8 +4,10 @@ in base_link, with the time of every stage. The node calls it from its worker th
 and the replay tools call it directly.
 
 Per rig (CameraInfo + static transforms, keyed by the calibration's hash) it caches the lift
-table, the cells some camera sees (the rest is published as unknown, -1) and the BEV grid ->
-base_link mapping; a change of either input rebuilds them (`RigState.rebuilt`).
+table, the cells each camera sees and the BEV grid -> base_link mapping; a change of either
+input rebuilds them (`RigState.rebuilt`). Per set, cells that no camera of the set sees are
+published as unknown (-1): a masked camera (black image) sees nothing, so the area only it
+covers is unknown, and no instance is published there.
 """
 from __future__ import annotations
 
@@ -39,9 +41,15 @@ class RigState:
     calibration: RigCalibration
     table: LiftTable
     mapping: BevToBase
-    known: torch.Tensor  # (height, width) bool: the base grid cells some camera sees
+    seen_bev: torch.Tensor  # (S, Z, X) bool: the BEV cells each camera sees
+    seen_base: torch.Tensor  # (S, height, width) bool: the same on the base_link grid
     backend: Backend | None = None  # a runtime backend for this rig (node.backend != torch)
     rebuilt: bool = True
+
+    def known(self, live: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(BEV (Z, X), base grid (height, width)) cells some live camera sees."""
+        mask = torch.tensor(live, dtype=torch.bool)
+        return self.seen_bev[mask].any(0), self.seen_base[mask].any(0)
 
 
 @dataclass
@@ -79,9 +87,10 @@ class BevPipeline:
     def invalidate_rig(self) -> None:
         self.rig = None
 
-    def inputs(self, synced: SyncedSet) -> tuple[RawFrame, RigState]:
-        """The frame and its rig state (the part that reads the message/TF state)."""
-        raw = self.source.build(synced)
+    def inputs(self, synced: SyncedSet, tolerance_ns: int = 0) -> tuple[RawFrame, RigState]:
+        """The frame and its rig state (the part that reads the message/TF state); TF lookups
+        may extrapolate by `tolerance_ns`."""
+        raw = self.source.build(synced, tolerance_ns)
         calibration = self.source.rig_calibration()
         if self.rig is not None and self.rig.calibration.hash == calibration.hash:
             self.rig.rebuilt = False
@@ -93,17 +102,20 @@ class BevPipeline:
         pix_T_cams, ref_T_cams = model_inputs(calibration, self.cfg)
         hw = (self.cfg.input.image_height, self.cfg.input.image_width)
         table = self.predictor.make_lift_table(pix_T_cams, ref_T_cams, hw)
-        seen_zyx = table.count.reshape(self.voxels.Z, self.voxels.Y, self.voxels.X) > 0
+        S = table.num_cameras
+        seen_bev = table.seen_by_camera.cpu().reshape(
+            S, self.voxels.Z, self.voxels.Y, self.voxels.X).any(dim=2)
         ref_index = self.cfg.input.cameras.index(self.cfg.input.ref_camera)
         base_T_ref = torch.tensor(calibration.cameras[ref_index].ego_T_cam, dtype=torch.float64)
         mapping = BevToBase(self.voxels, base_T_ref)
-        known = mapping.resample(seen_zyx.any(dim=1).cpu().float(), fill=0.0) > 0
+        seen_base = torch.stack([mapping.resample(seen.float(), fill=0.0) > 0
+                                 for seen in seen_bev])
         backend = None
         if self.cfg.node.backend != "torch":
             # Exported (or read from the cache) for this calibration; a new rig re-exports.
             backend = build_backend(self.cfg.node.backend, self.predictor.loaded.model, self.cfg,
                                     calibration, self.cfg.node.export_cache_dir)
-        return RigState(calibration, table, mapping, known, backend)
+        return RigState(calibration, table, mapping, seen_bev, seen_base, backend)
 
     def run(self, raw: RawFrame, rig: RigState) -> BevResult:
         """Decode, assemble, model, post-process (no message or TF state is touched)."""
@@ -121,16 +133,25 @@ class BevPipeline:
         else:
             out = self.predictor(sample, table)
         timings["model"], t = _lap(t)
-        pp = self.cfg.postprocess
+        known_bev, known_base = rig.known([cam.image is not None for cam in raw.cameras])
         prob = torch.sigmoid(out.segmentation[0, 0])
-        values = occupancy_values(rig.mapping.resample(prob, fill=0.0), rig.known)
-        found = extract_instances(out.segmentation[0], out.center[0], out.offset[0], pp)
-        centers = rig.mapping.bev_cells_to_base(found.centers_zx[:, 0], found.centers_zx[:, 1])
-        instances = [InstanceOut(tuple(c.tolist()), float(s), int(n))
-                     for c, s, n in zip(centers, found.scores, found.num_cells)]
+        values = occupancy_values(rig.mapping.resample(prob, fill=0.0), known_base)
+        instances = self._instances(out, rig, known_bev)
         timings["postprocess"], _ = _lap(t)
         return BevResult(raw.stamp_ns, values, rig.mapping.base_grid, instances, timings,
                          rig.rebuilt, out)
+
+    def _instances(self, out: object, rig: RigState, known_bev: torch.Tensor
+                   ) -> list[InstanceOut]:
+        """Instances in base_link whose centre lies in a cell some live camera sees."""
+        found = extract_instances(out.segmentation[0], out.center[0], out.offset[0],
+                                  self.cfg.postprocess)
+        z = found.centers_zx[:, 0].round().long().clamp(0, known_bev.shape[0] - 1)
+        x = found.centers_zx[:, 1].round().long().clamp(0, known_bev.shape[1] - 1)
+        keep = known_bev[z, x].tolist()
+        centers = rig.mapping.bev_cells_to_base(found.centers_zx[:, 0], found.centers_zx[:, 1])
+        return [InstanceOut(tuple(c.tolist()), float(s), int(n))
+                for c, s, n, k in zip(centers, found.scores, found.num_cells, keep) if k]
 
     def process(self, synced: SyncedSet) -> BevResult:
         t = time.perf_counter()

@@ -31,10 +31,17 @@ class RadarBuffer:
         while len(self._sweeps) > self.capacity:
             self._sweeps.popleft()
 
-    def sweeps_before(self, stamp_ns: int, n: int) -> list[tuple[int, Any]]:
-        """The newest n (stamp_ns, sweep) at or before stamp_ns, newest first."""
-        older = [s for s in self._sweeps if s[0] <= stamp_ns]
+    def sweeps_before(self, stamp_ns: int, n: int, max_age_ns: int | None = None
+                      ) -> list[tuple[int, Any]]:
+        """The newest n (stamp_ns, sweep) at or before stamp_ns and, with `max_age_ns`, no older
+        than that before it, newest first (a radar that went silent feeds nothing)."""
+        oldest = stamp_ns - max_age_ns if max_age_ns is not None else None
+        older = [s for s in self._sweeps
+                 if s[0] <= stamp_ns and (oldest is None or s[0] >= oldest)]
         return older[::-1][:n]
+
+    def newest_ns(self) -> int | None:
+        return self._sweeps[-1][0] if self._sweeps else None
 
     def clear(self) -> None:
         self._sweeps.clear()

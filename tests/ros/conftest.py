@@ -23,3 +23,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_bag(synthetic_dataroot, tmp_path_factory):
+    """An MCAP bag of the tiny synthetic world's scene-0061 (3 keyframes) as the converter
+    writes it for the tests' tiny model (node_harness.TINY): cameras, CameraInfo, radar, TF."""
+    pytest.importorskip("nuscenes", reason="the test rig is the synthetic world")
+    from simplebev_core.config import load_config
+    from training.nuscenes_to_bag import convert
+
+    from .node_harness import TINY
+
+    dataroot, version = synthetic_dataroot
+    return convert(dataroot, version, ["scene-0061"], tmp_path_factory.mktemp("bag") / "tiny",
+                   "mcap", load_config(overrides=TINY), progress=False)
