@@ -41,6 +41,7 @@ from .export import (EXPORT_VERSION, OPSET, OUTPUT_NAMES, ExportError, check_cal
                      require)
 from .inference import AMP_DTYPES
 from .model import Segnet
+from .radar import radar_channels
 from .torchscript import freeze_segnet
 
 KINDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -138,8 +139,7 @@ class Backend:
             raise ValueError(f"radar: model.radar is '{mode}' but radar was "
                              f"{'given' if radar is not None else 'not given'}")
         if radar is not None:
-            channels = 1 if mode == "occupancy" else 16
-            expected = (images.shape[0], channels) + tuple(self.cfg.grid.voxels_zyx)
+            expected = (images.shape[0], radar_channels(mode)) + tuple(self.cfg.grid.voxels_zyx)
             if tuple(radar.shape) != expected or not radar.is_floating_point():
                 raise ValueError(f"radar: expected float {expected}, got shape "
                                  f"{tuple(radar.shape)} dtype {radar.dtype}")

@@ -2,7 +2,7 @@
 
 Own format (one file): {"format": "simplebev", "version": 1, "model": state_dict,
 "optimizer", "scheduler", "step", "config": nested config dict, "extra": {...}}. Files are
-written atomically (temporary file, fsync, rename), so a crash never leaves a torn checkpoint.
+written atomically (`simplebev_core.atomic`), so a crash never leaves a torn checkpoint.
 
 Upstream format: `model-%09d.pth` files holding {"model_state_dict", "optimizer_state_dict"};
 a directory means "the file with the highest step". Loading is strict in both formats.
@@ -14,17 +14,17 @@ of its files into the same run; `list_checkpoints` is the one directory scan.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .config import SimpleBevConfig, config_from_dict, config_to_dict
+from .model import Segnet, build_model
 
 FORMAT_NAME = "simplebev"
 FORMAT_VERSION = 1
@@ -47,25 +47,6 @@ class LoadedCheckpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, config: SimpleBevConfig, step: int,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     extra: dict[str, Any] | None = None) -> Path:
@@ -82,9 +63,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: SimpleBevConfig,
         "config": config_to_dict(config),
         "extra": extra or {},
     }
-    path = Path(path)
-    _atomic_torch_save(payload, path)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def upstream_checkpoint_step(path: Path) -> int | None:
@@ -221,6 +200,14 @@ def _load_state(model: nn.Module, state: dict[str, Any], file: Path) -> None:
         raise CheckpointError(f"checkpoint '{file}' does not fit this model (check "
                               "model.encoder, model.radar, model.latent_dim and grid.voxels_zyx): "
                               f"{detail}") from e
+
+
+def model_for_checkpoint(cfg: SimpleBevConfig) -> Segnet:
+    """The network `cfg` describes, built to receive a checkpoint's weights. Loading is strict,
+    so every weight comes from the checkpoint: ImageNet weights are never fetched for it
+    (model.encoder_pretrained is false in the returned model's `cfg`), which also keeps a run
+    trained with the pretrained recipe loadable offline."""
+    return build_model(replace(cfg, model=replace(cfg.model, encoder_pretrained=False)))
 
 
 def load_checkpoint(path: str | Path, model: nn.Module,

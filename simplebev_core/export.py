@@ -25,9 +25,7 @@ import copy
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -37,12 +35,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .calibration import CalibrationError, RigCalibration, check_cameras, from_dict, model_inputs
 from .calibration import load as load_calibration
-from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint, model_for_checkpoint
 from .config import ConfigError, SimpleBevConfig, config_from_dict, config_to_dict, load_config
 from .lift import LiftTable
-from .model import Segnet, build_model
+from .model import Segnet
+from .radar import radar_channels
 from .replk import reparameterize_model
 
 EXPORT_FORMAT = "simplebev-onnx"
@@ -338,7 +338,10 @@ def export_onnx(model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration
     for key, value in meta.to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    _atomic_write(Path(out), proto.SerializeToString(), check=onnx.checker.check_model)
+    data = proto.SerializeToString()
+    # The ONNX checker reads the temporary file itself (no second serialisation).
+    atomic_write(out, lambda f: f.write(data),
+                 check=lambda tmp: onnx.checker.check_model(str(tmp)))
     return meta
 
 
@@ -349,29 +352,15 @@ def example_inputs(cfg: SimpleBevConfig, dtype: str = "fp32", uint8_images: bool
     S, H, W = len(cfg.input.cameras), cfg.input.image_height, cfg.input.image_width
     images = torch.rand(batch, S, 3, H, W, generator=g)
     images = (images * 255).round().to(torch.uint8) if uint8_images else images.to(DTYPES[dtype])
-    if cfg.model.radar == "none":
+    channels = radar_channels(cfg.model.radar)
+    if channels == 0:
         return (images,)
     Z, Y, X = cfg.grid.voxels_zyx
     occupied = (torch.rand(batch, 1, Z, Y, X, generator=g) > 0.95).float()  # 5 % of voxels
     if cfg.model.radar == "occupancy":
         return images, occupied.to(DTYPES[dtype])
-    meta = torch.randn(batch, 16, Z, Y, X, generator=g) * occupied
+    meta = torch.randn(batch, channels, Z, Y, X, generator=g) * occupied
     return images, meta.to(DTYPES[dtype])
-
-
-def _atomic_write(path: Path, data: bytes, check: Any = None) -> None:
-    """Write to a temporary file, `check(temporary path)` it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if check is not None:
-            check(tmp)  # the ONNX checker reads the file itself (no second serialisation)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -389,8 +378,7 @@ def config_for_checkpoint(params_file: str, checkpoint: str, radar: bool) -> Sim
             raise ConfigError(f"--radar, but checkpoint '{checkpoint}' was trained with "
                               f"model.radar '{trained.model.radar}'")
         cfg = replace(cfg, model=replace(cfg.model, radar="meta"))
-    # The checkpoint brings the weights: never fetch ImageNet ones.
-    return replace(cfg, model=replace(cfg.model, encoder_pretrained=False))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,9 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_for_checkpoint(args.params_file, args.checkpoint, args.radar)
         calibration = load_calibration(args.calibration)
         check_cameras(calibration, cfg)
-        model = build_model(cfg).eval()
+        model = model_for_checkpoint(cfg).eval()
         load_checkpoint(args.checkpoint, model)
-        meta = export_onnx(model, cfg, calibration, args.out, args.dtype, args.uint8_images)
+        meta = export_onnx(model, model.cfg, calibration, args.out, args.dtype,
+                           args.uint8_images)
     except (ConfigError, CheckpointError, CalibrationError, ExportError, MissingPackageError,
             OSError) as e:
         print(f"export: error: {e}", file=sys.stderr)

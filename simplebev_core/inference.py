@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint, resolve_checkpoint
+from .checkpoint import (CheckpointError, checkpoint_config, load_checkpoint, model_for_checkpoint,
+                         resolve_checkpoint)
 from .config import SimpleBevConfig, config_to_dict
 from .geometry import intrinsics_matrix
 from .lift import LiftTable
-from .model import BevOutput, Segnet, build_model, feature_size
-from .radar import META_RADAR_CHANNELS
+from .model import BevOutput, Segnet, feature_size
+from .radar import radar_channels
 from .sample import Sample
 from .torchscript import FrozenSegnet, freeze_segnet
 
@@ -76,13 +77,10 @@ def load_inference_model(cfg: SimpleBevConfig, checkpoint: str | Path,
                 f"the settings disagree with checkpoint '{path}' ({listed}). Start with the "
                 f"training run's config.yaml as the params file, or set these keys to the "
                 f"checkpoint's values.")
-    # Every weight comes from the checkpoint: never fetch ImageNet weights.
-    model_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                                   encoder_pretrained=False))
-    model = build_model(model_cfg)
+    model = model_for_checkpoint(cfg)
     info = load_checkpoint(path, model)
     model.to(device).eval()
-    return LoadedModel(model, model_cfg, info.path, info.step, info.format)
+    return LoadedModel(model, model.cfg, info.path, info.step, info.format)
 
 
 class Predictor:
@@ -154,7 +152,6 @@ def blank_sample(cfg: SimpleBevConfig) -> Sample:
     radar = None
     if cfg.model.radar != "none":
         Z, Y, X = cfg.grid.voxels_zyx
-        channels = 1 if cfg.model.radar == "occupancy" else META_RADAR_CHANNELS
-        radar = torch.zeros(channels, Z, Y, X)
+        radar = torch.zeros(radar_channels(cfg.model.radar), Z, Y, X)
     return Sample(images=torch.zeros(S, 3, H, W), pix_T_cams=pix_T_cams, ref_T_cams=ref_T_cams,
                   radar=radar, cameras=tuple(cfg.input.cameras), ref_camera=cfg.input.ref_camera)

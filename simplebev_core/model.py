@@ -18,7 +18,7 @@ from .config import SimpleBevConfig
 from .encoders import build_encoder, encoder_phase_px
 from .flip import FlipPlan, apply_bev_flips, draw_flips, flip_radar, flip_where
 from .lift import LiftTable, feature_projections, lift_fused, lift_reference
-from .radar import META_RADAR_CHANNELS
+from .radar import radar_channels
 from .voxel import VoxelGrid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,10 +126,9 @@ class Segnet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1),
                              persistent=False)
         self.encoder = build_encoder(cfg.model)
-        radar_channels = {"none": 0, "occupancy": 1,
-                          "meta": META_RADAR_CHANNELS * Y}[cfg.model.radar]
+        radar_bev = compressed_radar_channels(cfg.model.radar, Y)
         self.bev_compressor = nn.Sequential(
-            nn.Conv2d(C * Y + radar_channels, C, kernel_size=3, padding=1, stride=1, bias=False),
+            nn.Conv2d(C * Y + radar_bev, C, kernel_size=3, padding=1, stride=1, bias=False),
             nn.InstanceNorm2d(C),
             nn.GELU(),
         )
@@ -161,7 +160,7 @@ class Segnet(nn.Module):
         if mode != "none":
             if radar is None:
                 raise ValueError(f"radar: model.radar is '{mode}' but no radar tensor was given")
-            channels = 1 if mode == "occupancy" else META_RADAR_CHANNELS
+            channels = radar_channels(mode)
             if radar.shape != (B, channels, Z, Y, X) or not radar.is_floating_point():
                 fail("radar", f"float ({B},{channels},{Z},{Y},{X}) for model.radar '{mode}'",
                      radar)
@@ -261,6 +260,14 @@ class Segnet(nn.Module):
         return LiftTable(pix_T_cams, ref_T_cams, image_hw, feature_size(image_hw), self.grid,
                          self.cfg.model.pixel_convention,
                          encoder_phase_px(self.cfg.model.encoder))
+
+
+def compressed_radar_channels(mode: str, Y: int) -> int:
+    """Radar channels the BEV compressor takes besides the features (see `compress`):
+    occupancy is collapsed over height (a point anywhere in the column counts), meta-radar is
+    folded like the features (channel = c * Y + y)."""
+    channels = radar_channels(mode)
+    return channels if mode == "occupancy" else channels * Y
 
 
 def feature_size(image_hw: tuple[int, int]) -> tuple[int, int]:

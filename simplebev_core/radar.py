@@ -45,6 +45,18 @@ SENSOR_VELOCITY_CHANNELS = tuple(META_RADAR_FIELDS.index(f) for f in SENSOR_VELO
 UPSTREAM_CLOSE_RADIUS_M = 2.2
 # Voxel winner rules of `voxelize_meta_radar`.
 WINNER_RULES = ("newest_strongest", "last")
+# Channels of the model's radar input per model.radar mode (config.RADAR_MODES): the one place
+# they are stated; the model, the exporter, the backends and the sample checks ask
+# `radar_channels`.
+_INPUT_CHANNELS = {"none": 0, "occupancy": 1, "meta": META_RADAR_CHANNELS}
+
+
+def radar_channels(mode: str) -> int:
+    """C of the model's radar input (C, Z, Y, X) for model.radar `mode`: 0 for 'none' (no
+    radar input), 1 for 'occupancy', META_RADAR_CHANNELS for 'meta'."""
+    if mode not in _INPUT_CHANNELS:
+        raise ValueError(f"radar mode '{mode}' is not one of {', '.join(_INPUT_CHANNELS)}")
+    return _INPUT_CHANNELS[mode]
 
 
 # ----------------------------------------------------------------------------- sweeps

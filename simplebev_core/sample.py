@@ -13,7 +13,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .radar import META_RADAR_CHANNELS
+from .config import RADAR_MODES
+from .radar import radar_channels
+
+# Radar channel counts a Sample may carry: it does not know the model's radar mode, so any mode's
+# count is accepted here and the model checks the one it takes.
+RADAR_INPUT_CHANNELS = frozenset(radar_channels(mode) for mode in RADAR_MODES) - {0}
 
 
 @dataclass
@@ -155,10 +160,11 @@ def _check_frame(x: Sample | Batch, batched: bool, grid_zyx: Sequence[int] | Non
     zyx = tuple(grid_zyx) if grid_zyx is not None else None
     if x.radar is not None:
         r = x.radar
-        if (r.dim() != 4 + lead or r.shape[lead] not in (1, META_RADAR_CHANNELS)
+        if (r.dim() != 4 + lead or r.shape[lead] not in RADAR_INPUT_CHANNELS
                 or not r.is_floating_point()
                 or (zyx is not None and tuple(r.shape[lead + 1:]) != zyx)):
-            fail("radar", f"float ({b}16 or 1, Z, Y, X) with Z, Y, X = {zyx or 'grid'}", r)
+            channels = " or ".join(str(c) for c in sorted(RADAR_INPUT_CHANNELS))
+            fail("radar", f"float ({b}{channels}, Z, Y, X) with Z, Y, X = {zyx or 'grid'}", r)
     if x.targets is not None:
         zx = None if zyx is None else (zyx[0], zyx[2])
         for name, channels in (("seg", 1), ("valid", 1), ("center", 1), ("offset", 2)):
