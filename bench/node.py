@@ -86,7 +86,7 @@ def rig_frames(dataroot: Path, version: str, cfg: Any, work: Path) -> tuple[list
     bag = convert(dataroot, version, [scene], work / "bag", "mcap", cfg, progress=False)
     recorded = read_bag(bag)
     static = next(m for m in recorded if m.topic == "/tf_static")
-    cameras = [f"/{c}/image_rect_compressed" for c in cfg.input.cameras]
+    cameras = [cfg.node.camera_image_topic(c) for c in cfg.input.cameras]
     keyframes = [m.stamp_ns for m in recorded if m.topic == cameras[0]]
     frames = []
     for k, stamp in enumerate(keyframes):
@@ -105,7 +105,8 @@ def rig_frames(dataroot: Path, version: str, cfg: Any, work: Path) -> tuple[list
                 frame.messages.append((topic, m.msgtype,
                                        bm.TYPESTORE.deserialize_cdr(m.cdr, m.msgtype)))
         for camera in cfg.input.cameras:
-            for topic in (f"/{camera}/camera_info", f"/{camera}/image_rect_compressed"):
+            for topic in (cfg.node.camera_info_topic(camera),
+                          cfg.node.camera_image_topic(camera)):
                 m = min((m for m in window if m.topic == topic),
                         key=lambda m: abs(m.stamp_ns - stamp))
                 frame.messages.append((topic, m.msgtype,
@@ -123,17 +124,18 @@ def stamp_message(msg: Any, stamp_ns: int) -> None:
 
 
 class Collector:
-    """Grids (stamp, arrival wall ns) and the node's latest diagnostics."""
+    """Grids (stamp, arrival wall ns) and the node's latest diagnostics, on the topics the
+    node's config names."""
 
-    def __init__(self, node: Any):
+    def __init__(self, node: Any, cfg: Any):
         from diagnostic_msgs.msg import DiagnosticArray
         from nav_msgs.msg import OccupancyGrid
 
         self.arrivals: list[tuple[int, int]] = []
         self.diagnostics: dict[str, str] = {}
         self.lock = threading.Lock()
-        node.create_subscription(OccupancyGrid, "/bev/occupancy", self._grid, 10)
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 10)
+        node.create_subscription(OccupancyGrid, cfg.node.occupancy_topic, self._grid, 10)
+        node.create_subscription(DiagnosticArray, cfg.node.diagnostics_topic, self._diag, 10)
 
     def _grid(self, msg: Any) -> None:
         now = time.time_ns()
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     node_proc = subprocess.Popen(cmd, stdout=node_log, stderr=subprocess.STDOUT, text=True)
     rclpy.init()
     node = rclpy.create_node("simplebev_bench_publisher")
-    collector = Collector(node)
+    collector = Collector(node, cfg)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinning = threading.Thread(target=executor.spin, daemon=True)

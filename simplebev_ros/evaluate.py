@@ -3,14 +3,16 @@
     python -m simplebev_ros.evaluate BAG [--rate R] [--out DIR] \\
         [--start-node --params-file P --checkpoint C]
 
-Plays the bag (simplebev_ros.replay), collects the node's /bev/occupancy grids and matches them
-by stamp with the bag's /bev/ground_truth (written by training.nuscenes_to_bag on the node's
-grid), and reports the training evaluation's IoU (training.metrics: dataset-level
-intersection over union, the same visibility-filtered valid mask, the same distance bands from
-the reference camera), end-to-end latency percentiles (grid received - reference image
-published), throughput and dropped sets. Writes a PNG mosaic (six cameras, prediction, ground
-truth) and an animated GIF of the sequence. With --start-node it runs the node itself with the
-same command line users run (params file + checkpoint) and stops it at the end.
+Plays the bag (simplebev_ros.replay), collects the node's occupancy grids and matches them by
+stamp with the bag's ground truth (simplebev_core.ground_truth, written by
+training.nuscenes_to_bag on the node's grid), and reports the training evaluation's IoU
+(simplebev_core.metrics: dataset-level intersection over union, the same visibility-filtered
+valid mask, the same distance bands from the reference camera), end-to-end latency percentiles
+(grid received - reference image published), throughput and dropped sets. Writes a PNG mosaic
+(the cameras, prediction, ground truth: simplebev_ros.mosaic) and an animated GIF of the
+sequence. Topic names come from the params file (node.*), as the node takes them. With
+--start-node it runs the node itself with the same command line users run (params file +
+checkpoint) and stops it at the end.
 """
 from __future__ import annotations
 
@@ -28,18 +30,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from simplebev_core import ground_truth
+from simplebev_core.config import SimpleBevConfig
+from simplebev_core.metrics import IouAccumulator
+
+from .mosaic import frame_mosaic
 from .replay import BagError, BagPlayer, Recorded, message_class, read_bag
 from .stamps import stamp_to_ns
 
-GT_TOPIC = "/bev/ground_truth"
-GT_VEHICLE, GT_IGNORED, GT_OUTSIDE = 100, 50, -1
-BAND_WIDTH_M = 7.1
+TF_TOPIC, TF_STATIC_TOPIC = "/tf", "/tf_static"  # fixed by ROS, not by the config
 
 
 @dataclass
 class Frame:
     stamp_ns: int
-    gt: np.ndarray  # (height, width) int8 ground-truth codes
+    gt: np.ndarray  # (height, width) int8 simplebev_core.ground_truth codes
     pred: np.ndarray | None = None  # (height, width) int8 node values
     latency_s: float | None = None
 
@@ -79,22 +84,19 @@ def grid_values(msg: Any) -> np.ndarray:
 
 
 def score(frames: Sequence[Frame], threshold: float,
-          cell_distance: torch.Tensor) -> tuple[Any, int]:
+          cell_distance: torch.Tensor) -> tuple[IouAccumulator, int]:
     """The training metric over the frames (a frame without a prediction counts as empty)."""
-    from training.metrics import IouAccumulator
-
     acc = IouAccumulator(None, threshold=threshold, cell_distance=cell_distance)
     missing = 0
     for f in frames:
-        gt = torch.from_numpy(f.gt.astype(np.int16))
+        gt = ground_truth.decode(torch.from_numpy(f.gt.astype(np.int16)))
         if f.pred is None:
             missing += 1
-            pred = torch.zeros_like(gt, dtype=torch.bool)
+            pred = torch.zeros_like(gt.vehicle)
         else:
             pred = torch.from_numpy(f.pred.astype(np.int16)) > round(100 * threshold)
-        seg = (gt == GT_VEHICLE) | (gt == GT_IGNORED)
-        acc.update_binary(pred[None, None], seg[None, None], (gt != GT_IGNORED)[None, None],
-                          (gt != GT_OUTSIDE)[None, None])
+        acc.update_binary(pred[None, None], gt.vehicle[None, None], gt.valid[None, None],
+                          gt.inside[None, None])
     return acc, missing
 
 
@@ -111,12 +113,12 @@ def reference_camera_xy(messages: Sequence[Recorded], ref_camera: str) -> tuple[
     from tf2_msgs.msg import TFMessage
 
     for m in messages:
-        if m.topic == "/tf_static":
+        if m.topic == TF_STATIC_TOPIC:
             for t in deserialize_message(m.cdr, TFMessage).transforms:
                 if t.child_frame_id == ref_camera:
                     return (t.transform.translation.x, t.transform.translation.y)
-    raise BagError(f"the bag's /tf_static has no transform of the reference camera '{ref_camera}'")
-
+    raise BagError(f"the bag's {TF_STATIC_TOPIC} has no transform of the reference camera "
+                   f"'{ref_camera}'")
 
 
 def stop_node(proc: subprocess.Popen) -> str | None:
@@ -135,23 +137,27 @@ def stop_node(proc: subprocess.Popen) -> str | None:
         return f"the node exited with {proc.returncode}:\n{out}"
     return None
 
-def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s: float,
+
+def run(bag: str | Path, cfg: SimpleBevConfig, rate: float, wait_s: float,
         node_cmd: list[str] | None = None) -> tuple[Report, list[Recorded]]:
+    """Score the node (already running, or started with `node_cmd`) on the bag. `cfg` is the
+    node's config: its reference camera, its threshold, and its topic names (node.*)."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import OccupancyGrid
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.serialization import deserialize_message
 
+    ref_camera, threshold = cfg.input.ref_camera, cfg.postprocess.seg_threshold
     messages = read_bag(bag)
-    gts = [m for m in messages if m.topic == GT_TOPIC]
+    gts = [m for m in messages if m.topic == ground_truth.TOPIC]
     if not gts:
-        raise BagError(f"bag '{bag}' has no {GT_TOPIC} "
+        raise BagError(f"bag '{bag}' has no {ground_truth.TOPIC} "
                        "(write it with python -m training.nuscenes_to_bag)")
     frames = {m.stamp_ns: Frame(m.stamp_ns, grid_values(deserialize_message(m.cdr, OccupancyGrid)))
               for m in gts}
     gt_info = deserialize_message(gts[0].cdr, OccupancyGrid).info
-    ref_topic = f"/{ref_camera}/image_rect_compressed"
+    ref_topic = cfg.node.camera_image_topic(ref_camera)
     sent_wall: dict[int, float] = {}
     proc = None
     if node_cmd:
@@ -178,17 +184,17 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
             if status.name.startswith("simplebev"):
                 diagnostics.update({kv.key: kv.value for kv in status.values})
 
-    grids = node.create_subscription(OccupancyGrid, "/bev/occupancy", on_grid, 50)
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-    image_type = message_class("sensor_msgs/msg/CompressedImage")
+    grids = node.create_subscription(OccupancyGrid, cfg.node.occupancy_topic, on_grid, 50)
+    node.create_subscription(DiagnosticArray, cfg.node.diagnostics_topic, on_diag, 10)
 
     def on_publish(m: Recorded) -> None:
-        if m.topic == ref_topic:
-            header = deserialize_message(m.cdr, image_type).header
+        if m.topic == ref_topic:  # compressed or raw, as the bag has it
+            header = deserialize_message(m.cdr, message_class(m.msgtype)).header
             sent_wall[stamp_to_ns(header.stamp)] = time.monotonic()
 
     # Scenes of one bag lie minutes apart: play them back to back.
-    player = BagPlayer(node, [m for m in messages if m.topic != GT_TOPIC], rate, on_publish,
+    player = BagPlayer(node, [m for m in messages if m.topic != ground_truth.TOPIC], rate,
+                       on_publish,
                        max_gap_s=1.0)
     spinning = True
 
@@ -213,12 +219,12 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
         if proc is not None:  # the node loads its model first; fail fast if it exits
             limit = time.monotonic() + 120.0
             while proc.poll() is None and time.monotonic() < limit and \
-                    not player.wait_for_subscribers([ref_topic, "/tf"], 0.5):
+                    not player.wait_for_subscribers([ref_topic, TF_TOPIC], 0.5):
                 pass
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"the node exited with {proc.returncode}:\n{proc.stdout.read()}")
-        if not player.wait_for_subscribers([ref_topic, "/tf"], 120.0):
+        if not player.wait_for_subscribers([ref_topic, TF_TOPIC], 120.0):
             raise BagError(f"no node subscribed to {ref_topic} within 120 s "
                            "(is simplebev_node running?)")
         # The node's grid publisher must be matched too, or its first grids are lost.
@@ -226,7 +232,8 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
         while grids.get_publisher_count() == 0 and time.monotonic() < limit:
             time.sleep(0.05)
         if grids.get_publisher_count() == 0:
-            raise BagError("the node subscribed to its inputs but publishes no /bev/occupancy")
+            raise BagError("the node subscribed to its inputs but publishes no "
+                           f"{cfg.node.occupancy_topic}")
         time.sleep(1.0)  # let every subscription of the node match, not only the first ones
         start = time.monotonic()
         player.play()
@@ -259,52 +266,23 @@ def run(bag: str | Path, rate: float, ref_camera: str, threshold: float, wait_s:
     return report, messages
 
 
-def mosaic(messages: Sequence[Recorded], frame: Frame, cameras: Sequence[str],
-           width: int = 1200) -> np.ndarray:
-    """One frame as a picture: the six cameras (top two rows), prediction and ground truth
-    (bottom, forward up, as simplebev_ros.conversions.bev_rgb draws them). (H, W, 3) uint8."""
-    import cv2
-    from rclpy.serialization import deserialize_message
-
-    from .conversions import bev_rgb
-
-    image_type = message_class("sensor_msgs/msg/CompressedImage")
-    tiles = []
-    for cam in cameras:
-        topic = f"/{cam}/image_rect_compressed"
-        nearest = min((m for m in messages if m.topic == topic),
-                      key=lambda m: abs(m.stamp_ns - frame.stamp_ns))
-        data = np.frombuffer(bytes(deserialize_message(nearest.cdr, image_type).data), np.uint8)
-        bgr = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_4)
-        tiles.append(cv2.putText(bgr, cam, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
-                                 (255, 255, 255), 2))
-    tile_w = width // 3
-    tiles = [cv2.resize(t, (tile_w, tile_w * t.shape[0] // t.shape[1])) for t in tiles]
-    rows = [np.concatenate(tiles[i:i + 3], axis=1) for i in (0, 3)]
-    side = rows[0].shape[1] // 2
-    gt = frame.gt.copy()
-    gt[gt == GT_IGNORED] = 40  # barely visible vehicles: dim
-    bev = []
-    for name, values in (("prediction", frame.pred), ("ground truth", gt)):
-        rgb = bev_rgb(values if values is not None else np.full_like(frame.gt, -1))
-        tile = cv2.resize(rgb[:, :, ::-1], (side, side), interpolation=cv2.INTER_NEAREST)
-        bev.append(cv2.putText(np.ascontiguousarray(tile), name, (8, 24),
-                               cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2))
-    picture = np.concatenate(rows + [np.concatenate(bev, axis=1)], axis=0)
-    return np.ascontiguousarray(picture[:, :, ::-1])
-
-
-def write_outputs(report: Report, messages: Sequence[Recorded], cameras: Sequence[str],
+def write_outputs(report: Report, messages: Sequence[Recorded], cfg: SimpleBevConfig,
                   out: Path) -> list[Path]:
     """out/demo.png (the frame with the most ground-truth vehicle cells), out/demo.gif (all
     frames), out/report.json."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
-    best = max(report.frames, key=lambda f: int((f.gt == GT_VEHICLE).sum()))
+    best = max(report.frames, key=lambda f: int((f.gt == ground_truth.VEHICLE).sum()))
     png, gif, js = out / "demo.png", out / "demo.gif", out / "report.json"
-    Image.fromarray(mosaic(messages, best, cameras)).save(png)
-    pictures = [Image.fromarray(mosaic(messages, f, cameras, width=720)) for f in report.frames]
+
+    def picture(f: Frame, width: int) -> Image.Image:
+        return Image.fromarray(frame_mosaic(messages, f.stamp_ns, f.pred, f.gt,
+                                            cfg.input.cameras, cfg.node.camera_image_topic,
+                                            width))
+
+    picture(best, 1200).save(png)
+    pictures = [picture(f, 720) for f in report.frames]
     pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=500, loop=0)
     js.write_text(json.dumps({
         "iou": report.iou, "iou_unfiltered": report.iou_unfiltered,
@@ -322,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1.0)
     p.add_argument("--out", default="out", help="directory for demo.png, demo.gif, report.json")
     p.add_argument("--params-file", default=None,
-                   help="the node's params file (threshold, cameras)")
+                   help="the node's params file (threshold, cameras, topic names)")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--start-node", action="store_true",
                    help="start simplebev_node with --params-file and --checkpoint, "
@@ -343,14 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--start-node needs --params-file and --checkpoint")
             node_cmd = [sys.executable, "-m", "simplebev_ros.node", "--ros-args", "--params-file",
                         args.params_file, "-p", f"checkpoint:={args.checkpoint}"]
-        report, messages = run(args.bag, args.rate, cfg.input.ref_camera,
-                               cfg.postprocess.seg_threshold, args.wait, node_cmd)
+        report, messages = run(args.bag, cfg, args.rate, args.wait, node_cmd)
     except (BagError, ConfigError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in report.lines():
         print(line)
-    for path in write_outputs(report, messages, cfg.input.cameras, Path(args.out)):
+    for path in write_outputs(report, messages, cfg, Path(args.out)):
         print(f"wrote {path}")
     return 0
 

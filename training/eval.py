@@ -26,15 +26,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from simplebev_core.allocator import keep_freed_memory
-from simplebev_core.checkpoint import checkpoint_config, checkpoints_to_evaluate, load_checkpoint
+from simplebev_core.checkpoint import (checkpoint_config, checkpoints_to_evaluate, load_checkpoint,
+                                       model_for_checkpoint)
 from simplebev_core.config import SimpleBevConfig, resolve_config
 from simplebev_core.device import resolve_device
-from simplebev_core.model import Segnet, build_model
+from simplebev_core.metrics import IouAccumulator
+from simplebev_core.model import Segnet
 from simplebev_core.sample import collate
 from simplebev_core.voxel import VoxelGrid
 
 from training.cli import open_split, report_user_errors
-from training.metrics import IouAccumulator
 
 
 @dataclass
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[EvalRow] = []
     for step, path in checkpoints:
         cfg = model_config(path, args)
-        model = build_model(cfg)
+        model = model_for_checkpoint(cfg)
         load_checkpoint(path, model)
         dataset = data.dataset(cfg)
         workers = cfg.data.num_workers if args.num_workers is None else args.num_workers

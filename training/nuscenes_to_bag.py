@@ -8,13 +8,12 @@ The de-facto nuScenes ROS 2 layout (nuscenes2bag's topics): /CAM_*/image_rect_co
 (CompressedImage: the original JPEG bytes) and /CAM_*/camera_info, the five /RADAR_* clouds
 with all 18 nuScenes fields (the PCD's 43-byte points, unchanged), /LIDAR_TOP, /tf
 (map -> base_link at every sample_data's ego pose), /tf_static (base_link -> <CHANNEL>; camera
-frames are optical), /clock. Every sweep, not only keyframes, at its original timestamp.
+frames are optical), /clock. Every sweep, not only keyframes, at its original timestamp. Camera
+topics follow the config's node.image_topic_pattern and node.camera_info_topic_pattern (whose
+defaults are that layout), so a bag written with the node's params file is what the node reads.
 
-Ground truth for evaluation, at each keyframe, stamped with the frame stamp the node uses (the
-reference camera's capture time): /bev/ground_truth, an OccupancyGrid in base_link on the
-node's grid, rasterised by the training targets' code (100 vehicle, 0 free, 50 a barely
-visible vehicle that the metric ignores, -1 outside the model's grid), and
-/markers/annotations (the vehicle boxes).
+Ground truth for evaluation, at each keyframe: the training targets on the node's grid, and
+the vehicle boxes, as simplebev_core.ground_truth defines them (topics, codes, stamps).
 """
 from __future__ import annotations
 
@@ -28,8 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from simplebev_core import ground_truth
 from simplebev_core.bev_grid import BevToBase
-from simplebev_core.config import SimpleBevConfig, load_config
+from simplebev_core.config import NodeConfig, SimpleBevConfig, load_config
 from simplebev_core.geometry import matrix_to_quat_wxyz, pose_to_matrix
 
 from . import bag_messages as bm
@@ -37,8 +37,6 @@ from .cli import report_user_errors
 from .nuscenes_data import NuScenesBev, open_nuscenes
 from .radar_io import DataFileError, read_radar_pcd_records
 
-GT_TOPIC, ANNOTATION_TOPIC = "/bev/ground_truth", "/markers/annotations"
-GT_VEHICLE, GT_FREE, GT_IGNORED, GT_OUTSIDE = 100, 0, 50, -1
 LIDAR_FIELDS = ("x", "y", "z", "intensity", "ring")
 
 
@@ -83,8 +81,10 @@ def lidar_points(path: Path) -> np.ndarray:
     return points.view([(f, "<f4") for f in LIDAR_FIELDS])[:, 0]
 
 
-def sensor_messages(nusc: Any, dataroot: Path, sd: dict) -> Iterator[BagMessage]:
-    """The messages of one sample_data record: its ego pose on /tf, and its data."""
+def sensor_messages(nusc: Any, dataroot: Path, sd: dict,
+                    node: NodeConfig) -> Iterator[BagMessage]:
+    """The messages of one sample_data record: its ego pose on /tf, and its data (camera
+    topics named as `node` names them)."""
     stamp_ns, channel = int(sd["timestamp"]) * 1000, sensor_channel(nusc, sd)
     yield BagMessage(stamp_ns, "/tf", "tf2_msgs/msg/TFMessage",
                      bm.ego_pose_tf(nusc.get("ego_pose", sd["ego_pose_token"]), stamp_ns))
@@ -93,10 +93,10 @@ def sensor_messages(nusc: Any, dataroot: Path, sd: dict) -> Iterator[BagMessage]
         raise DataFileError(f"{sd['sensor_modality']} file '{path}' does not exist")
     if sd["sensor_modality"] == "camera":
         calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        yield BagMessage(stamp_ns, f"/{channel}/image_rect_compressed",
+        yield BagMessage(stamp_ns, node.camera_image_topic(channel),
                          "sensor_msgs/msg/CompressedImage",
                          bm.compressed_image(path.read_bytes(), channel, stamp_ns))
-        yield BagMessage(stamp_ns, f"/{channel}/camera_info", "sensor_msgs/msg/CameraInfo",
+        yield BagMessage(stamp_ns, node.camera_info_topic(channel), "sensor_msgs/msg/CameraInfo",
                          bm.camera_info(calib["camera_intrinsic"], sd["width"], sd["height"],
                                         channel, stamp_ns))
     elif sd["sensor_modality"] == "radar":
@@ -108,14 +108,12 @@ def sensor_messages(nusc: Any, dataroot: Path, sd: dict) -> Iterator[BagMessage]
 
 
 def ground_truth_values(dataset: NuScenesBev, token: str, mapping: BevToBase) -> np.ndarray:
-    """The training targets of a sample on the node's base_link grid (int8 GT_* codes)."""
+    """The training targets of a sample on the node's base_link grid (int8 ground_truth
+    codes)."""
     rec = dataset.record(token)
     ref_index = dataset.cfg.input.cameras.index(dataset.cfg.input.ref_camera)
     targets = dataset.targets(rec, ref_index)
-    codes = torch.where(targets.seg[0] > 0,
-                        torch.where(targets.valid[0] > 0, GT_VEHICLE, GT_IGNORED),
-                        GT_FREE).float()
-    return mapping.resample(codes, fill=GT_OUTSIDE).to(torch.int8).numpy()
+    return ground_truth.encode(targets.seg[0], targets.valid[0], mapping)
 
 
 def annotation_markers(dataset: NuScenesBev, token: str) -> Any:
@@ -172,21 +170,22 @@ def scene_messages(nusc: Any, dataroot: Path, scene_name: str, cfg: SimpleBevCon
     start_ns = int(records[0]["timestamp"]) * 1000
     out = [BagMessage(start_ns, "/tf_static", "tf2_msgs/msg/TFMessage", bm.tf_message(static))]
     for sd in records:
-        out.extend(sensor_messages(nusc, dataroot, sd))
+        out.extend(sensor_messages(nusc, dataroot, sd, cfg.node))
     mapping = BevToBase(dataset.grid, _ref_camera_calibration(nusc, dataset))
     for token in dataset.tokens:
         rec = dataset.record(token)
         values = ground_truth_values(dataset, token, mapping)
-        out.append(BagMessage(rec.stamp_ns, GT_TOPIC, "nav_msgs/msg/OccupancyGrid",
+        out.append(BagMessage(rec.stamp_ns, ground_truth.TOPIC, "nav_msgs/msg/OccupancyGrid",
                               bm.occupancy_grid(values, mapping.base_grid, rec.stamp_ns)))
-        out.append(BagMessage(rec.stamp_ns, ANNOTATION_TOPIC, "visualization_msgs/msg/MarkerArray",
+        out.append(BagMessage(rec.stamp_ns, ground_truth.ANNOTATION_TOPIC,
+                              "visualization_msgs/msg/MarkerArray",
                               annotation_markers(dataset, token)))
     clocks = sorted({m.stamp_ns for m in out})
     out.extend(BagMessage(t, "/clock", "rosgraph_msgs/msg/Clock", bm.clock(t)) for t in clocks)
     # At one stamp: clock, transforms and CameraInfo before the data that needs them.
     def rank(m: BagMessage) -> int:
         fixed = {"/tf_static": 0, "/clock": 1, "/tf": 2}
-        return fixed.get(m.topic, 3 if m.topic.endswith("/camera_info") else 4)
+        return fixed.get(m.topic, 3 if m.msgtype == "sensor_msgs/msg/CameraInfo" else 4)
 
     return sorted(out, key=lambda m: (m.stamp_ns, rank(m)))
 

@@ -38,19 +38,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from simplebev_core.allocator import keep_freed_memory
 from simplebev_core.checkpoint import (
     CHECKPOINT_DIR, FORMAT_NAME, CheckpointError, checkpoint_path, list_checkpoints,
-    load_checkpoint, locate_run, prune_checkpoints, read_checkpoint, save_checkpoint,
+    load_checkpoint, locate_run, model_for_checkpoint, prune_checkpoints, read_checkpoint,
+    save_checkpoint,
 )
 from simplebev_core.config import (
     ConfigError, SimpleBevConfig, TrainConfig, config_from_dict, resolve_config, write_params_file,
 )
 from simplebev_core.device import resolve_device
+from simplebev_core.metrics import intersection_union
 from simplebev_core.model import BevOutput, Segnet, build_model
 from simplebev_core.sample import Batch, collate
 
 from training import losses
 from training.cli import UsageError, open_split, report_user_errors
 from training.logging_utils import Board, bev_panel, format_duration, setup_logger
-from training.metrics import intersection_union
 
 EXIT_NON_FINITE = 3
 # A resumed run keeps the OneCycle schedule stored in its checkpoint; these keys define it.
@@ -434,8 +435,11 @@ def make_dataset(cfg: SimpleBevConfig, dataroot: str, version: str, split: str,
     return open_split(cfg, dataroot, version, split, train)
 
 
-def build_training_model(cfg: SimpleBevConfig, device: torch.device) -> Segnet:
-    model = build_model(cfg)
+def build_training_model(cfg: SimpleBevConfig, device: torch.device,
+                         from_checkpoint: bool = False) -> Segnet:
+    """from_checkpoint: the run resumes or starts from a checkpoint, which then brings every
+    weight (no ImageNet download for the encoder)."""
+    model = model_for_checkpoint(cfg) if from_checkpoint else build_model(cfg)
     # The feature head feeds no loss (upstream too): freeze it so that DDP need not search for
     # unused parameters.
     model.decoder.feat_head.requires_grad_(False)
@@ -600,7 +604,8 @@ def train(args: argparse.Namespace, dataset_factory: Callable[..., Dataset] = ma
     flip_gen = seed_everything(tc.seed, env.rank)
     dataset = dataset_factory(cfg, args.dataroot, args.version, "train", True)
     stream = BatchStream(dataset, tc.batch_size // env.world, env, tc.seed, cfg.data.num_workers)
-    model = build_training_model(cfg, env.device)
+    model = build_training_model(cfg, env.device, from_checkpoint=bool(
+        plan.resume_from is not None or plan.init_from))
     optimizer, scheduler = make_optimizer(model, cfg)
     trainer = Trainer(cfg, env, model, model, optimizer, scheduler, make_precision(tc, env.device),
                       stream, flip_gen, loss_fn or losses.simplebev_loss,

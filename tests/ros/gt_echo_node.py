@@ -23,12 +23,12 @@ def main() -> int:
     from sensor_msgs.msg import CompressedImage
     from tf2_msgs.msg import TFMessage
 
-    from simplebev_ros.evaluate import GT_IGNORED, GT_OUTSIDE, GT_TOPIC, GT_VEHICLE
+    from simplebev_core import ground_truth
     from simplebev_ros.replay import read_bag
 
     bag, mode = sys.argv[1], sys.argv[2]
     truth = {m.stamp_ns: deserialize_message(m.cdr, OccupancyGrid)
-             for m in read_bag(bag, [GT_TOPIC])}
+             for m in read_bag(bag, [ground_truth.TOPIC])}
     # Our own SIGINT handling: stop spinning, then shut down in order (rclpy's default handler
     # can leave a spinning process behind on a busy machine).
     stop = threading.Event()
@@ -40,11 +40,10 @@ def main() -> int:
     def on_image(msg: CompressedImage) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         grid = truth[stamp]
-        codes = np.asarray(grid.data, np.int8)
-        vehicle = (codes == GT_VEHICLE) | (codes == GT_IGNORED)
-        values = np.where(codes == GT_OUTSIDE, -1, 0).astype(np.int8)
+        truth_masks = ground_truth.decode(np.asarray(grid.data, np.int8))
+        values = np.where(truth_masks.inside, 0, -1).astype(np.int8)
         if mode == "gt":
-            values[vehicle] = 100
+            values[truth_masks.vehicle] = 100
         grid.data = values.tolist()
         publisher.publish(grid)
 

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("rclpy", reason="replay and evaluation need the ROS 2 stack (make setup)")
 pytest.importorskip("nuscenes", reason="the test rig is the synthetic world in nuScenes format")
 
+from simplebev_core import ground_truth  # noqa: E402
 from simplebev_core.checkpoint import load_checkpoint  # noqa: E402
 from simplebev_core.config import load_config  # noqa: E402
 from simplebev_core.model import build_model  # noqa: E402
@@ -99,12 +100,12 @@ def test_replay_keeps_the_bags_timing_latches_tf_static_and_sends_bytes_unchange
 def test_evaluation_scores_ground_truth_as_one_and_an_empty_grid_as_zero(val_bag, mode,
                                                                          expected):
     stand_in = [sys.executable, "-m", "tests.ros.gt_echo_node", str(val_bag), mode]
-    report, messages = evaluate.run(val_bag, rate=1.0, ref_camera="CAM_FRONT", threshold=0.5,
-                                    wait_s=20.0, node_cmd=stand_in)
+    cfg = load_config(overrides=TINY)  # the stand-in's topics and the bag's camera: defaults
+    report, messages = evaluate.run(val_bag, cfg, rate=1.0, wait_s=20.0, node_cmd=stand_in)
     front = [m for m in messages if m.topic == "/CAM_FRONT/image_rect_compressed"]
     assert len(report.frames) == len(front) and report.missing == 0
     assert report.iou == expected and report.iou_unfiltered == expected
-    assert sum(int((f.gt == evaluate.GT_VEHICLE).sum()) for f in report.frames) > 0
+    assert sum(int((f.gt == ground_truth.VEHICLE).sum()) for f in report.frames) > 0
 
 
 class UnknownWhereNoCameraSees(torch.nn.Module):
@@ -145,9 +146,8 @@ def test_node_on_replay_scores_what_training_eval_scores(synthetic_dataroot, val
     with torch.no_grad():
         offline = evaluate_dataset(UnknownWhereNoCameraSees(model), val)
 
-    report, _ = evaluate.run(val_bag, rate=0.25, ref_camera="CAM_FRONT", threshold=0.5,
-                             wait_s=60.0, node_cmd=node_command(params, "-p",
-                                                                f"checkpoint:={checkpoint}"))
+    report, _ = evaluate.run(val_bag, cfg, rate=0.25, wait_s=60.0,
+                             node_cmd=node_command(params, "-p", f"checkpoint:={checkpoint}"))
     assert report.missing == 0 and len(report.frames) == offline.samples
     assert 0.05 < offline.iou < 0.95  # a score that can disagree
     assert report.iou == pytest.approx(offline.iou, abs=1e-3)

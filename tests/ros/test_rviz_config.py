@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from simplebev_core import ground_truth
 from simplebev_core.config import load_config
-from training.nuscenes_to_bag import ANNOTATION_TOPIC, GT_TOPIC
 
 RVIZ = Path(__file__).resolve().parents[2] / "config" / "simplebev.rviz"
 
@@ -31,7 +31,7 @@ def test_rviz_config_topics_exist_and_cover_the_outputs():
     n = cfg.node
     published = {n.occupancy_topic, n.markers_topic, n.bev_image_topic, n.instances_topic}
     layout = {n.camera_image_topic(c) for c in cfg.input.cameras} | set(n.radar_topics) | {
-        "/tf", "/tf_static", GT_TOPIC, ANNOTATION_TOPIC}
+        "/tf", "/tf_static", ground_truth.TOPIC, ground_truth.ANNOTATION_TOPIC}
     assert named <= published | layout, named - published - layout
     assert {n.occupancy_topic, n.markers_topic, n.bev_image_topic} <= named
     assert {n.camera_image_topic(c) for c in cfg.input.cameras} <= named

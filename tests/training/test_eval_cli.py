@@ -125,3 +125,38 @@ def test_upstream_file_uses_command_line_config(synthetic_dataroot, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "model-000025000.pth" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def _no_downloads(monkeypatch) -> None:
+    """Every way to ImageNet weights fails: the torchvision weights, the hub, the network."""
+    import socket
+
+    from torchvision.models._api import WeightsEnum
+
+    def offline(*args, **kwargs):
+        raise OSError("offline: no downloads in this test")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+
+
+def test_a_run_trained_with_pretrained_weights_evaluates_offline(synthetic_dataroot, tmp_path,
+                                                                  monkeypatch, capsys):
+    """The default recipe trains from ImageNet weights (model.encoder_pretrained true, kept in
+    the checkpoint's config); evaluating it must take every weight from the checkpoint."""
+    from training.eval import main
+
+    dataroot, version = synthetic_dataroot
+    scratch = resolve_config(None, [str(PRESET)], SETS)
+    recipe = resolve_config(None, [str(PRESET)], SETS + ["model.encoder_pretrained=true"])
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "model-000000007.pth", planted_model(scratch, 20.0),
+                    recipe, step=7)
+    _no_downloads(monkeypatch)
+
+    assert main(_args(dataroot, version, run)) == 0, capsys.readouterr().err
+    with (run / "eval.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [7]
+    assert float(rows[0]["iou"]) > 0.0  # the planted weights were evaluated, not fresh ones

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from simplebev_core.config import GridConfig
+from simplebev_core.metrics import IouAccumulator, cell_distance_m
 from simplebev_core.model import BevOutput
 from simplebev_core.sample import Targets
 from simplebev_core.voxel import VoxelGrid
 from training.losses import balanced_mse, simplebev_loss
-from training.metrics import IouAccumulator, cell_distance_m
 
 GRID = VoxelGrid(GridConfig(x_range_m=(-4.0, 4.0), y_range_m=(-1.0, 1.0), z_range_m=(-4.0, 4.0),
                             centroid_m=(0.0, 0.0, 0.0), voxels_zyx=(4, 1, 4)))  # 2 m cells

@@ -14,13 +14,14 @@ import torch
 pytest.importorskip("nuscenes", reason="the converter reads nuScenes with the devkit")
 pytest.importorskip("rosbags", reason="the converter writes with rosbags (make setup)")
 
+from simplebev_core import ground_truth  # noqa: E402
 from simplebev_core.bev_grid import BevToBase  # noqa: E402
 from simplebev_core.config import load_config  # noqa: E402
 from simplebev_core.geometry import pose_to_matrix  # noqa: E402
 from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402
 from training import bag_messages as bm  # noqa: E402
 from training.nuscenes_data import NuScenesBev  # noqa: E402
-from training.nuscenes_to_bag import GT_IGNORED, GT_TOPIC, GT_VEHICLE, convert, main  # noqa: E402
+from training.nuscenes_to_bag import convert, main  # noqa: E402
 from training.radar_io import DataFileError  # noqa: E402
 
 OVERRIDES = {"grid.voxels_zyx": [50, 2, 50], "grid.x_range_m": [-25.0, 25.0],
@@ -70,7 +71,8 @@ def test_layout_stamps_and_bytes(bag, synthetic_dataroot):
         assert counts[f"/{radar}"] == by_channel[radar] > by_channel["CAM_FRONT"]
     assert counts["/LIDAR_TOP"] == by_channel["LIDAR_TOP"]
     assert counts["/tf_static"] == 1 and counts["/tf"] == len(sds) and counts["/clock"] > 0
-    assert counts[GT_TOPIC] == counts["/markers/annotations"] == scene["nbr_samples"]
+    assert (counts[ground_truth.TOPIC] == counts[ground_truth.ANNOTATION_TOPIC]
+            == scene["nbr_samples"])
     # Original timestamps and the JPEG bytes, never re-encoded.
     files = {int(sd["timestamp"]) * 1000: sd for sd in sds}
     for topic, msgtype, t, msg in messages:
@@ -107,7 +109,7 @@ def test_ground_truth_equals_the_training_targets(bag, synthetic_dataroot):
     path, cfg = bag
     dataroot, version = synthetic_dataroot
     dataset = NuScenesBev(cfg, dataroot, version, "train", train=False)
-    gts = {t: msg for topic, _, t, msg in read_all(path) if topic == GT_TOPIC}
+    gts = {t: msg for topic, _, t, msg in read_all(path) if topic == ground_truth.TOPIC}
     checked = 0
     for index, token in enumerate(dataset.tokens):
         rec = dataset.record(token)
@@ -123,8 +125,8 @@ def test_ground_truth_equals_the_training_targets(bag, synthetic_dataroot):
         seg = mapping.resample(targets.seg[0], fill=0.0).numpy() > 0
         ignored = mapping.resample((targets.seg[0] > 0) & (targets.valid[0] == 0),
                                    fill=0.0).numpy() > 0
-        assert np.array_equal(values == GT_VEHICLE, seg & ~ignored)
-        assert np.array_equal(values == GT_IGNORED, ignored)
+        assert np.array_equal(values == ground_truth.VEHICLE, seg & ~ignored)
+        assert np.array_equal(values == ground_truth.IGNORED, ignored)
         assert seg.sum() > 0 and msg.header.frame_id == "base_link"
         assert (msg.info.width, msg.info.height, msg.info.resolution) == (50, 50, 1.0)
         checked += 1
