@@ -20,7 +20,8 @@ import sys, torch
 from bench.timing import median_ms
 from simplebev_core.allocator import keep_freed_memory
 from simplebev_core.config import load_config
-from simplebev_core.inference import Predictor, blank_sample, load_inference_model
+from simplebev_core.inference import (RunnerBuilder, blank_calibration, blank_sample,
+                                       load_inference_model)
 mode, checkpoint, params, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if mode == "keep":
     assert keep_freed_memory(), "glibc refused the settings"
@@ -28,9 +29,12 @@ u = torch.randint(0, 256, (6, 3, 225, 400), dtype=torch.uint8)
 convert = median_ms(lambda: u.float() / 255.0, repeats)
 cfg = load_config(params)
 device = torch.device("cpu")
-predictor = Predictor(load_inference_model(cfg, checkpoint, device), device)
-sample = blank_sample(cfg)
-model = median_ms(lambda: predictor(sample), repeats)
+loaded = load_inference_model(cfg, checkpoint, device)
+runner = RunnerBuilder(loaded.model, loaded.cfg, device)(blank_calibration(loaded.cfg))
+sample = blank_sample(loaded.cfg)
+radar = None if sample.radar is None else sample.radar[None]
+model = median_ms(lambda: runner(sample.images[None], radar, pix_T_cams=sample.pix_T_cams[None],
+                                 ref_T_cams=sample.ref_T_cams[None]), repeats)
 print(f"{convert:.2f} {model:.1f}")
 """
 

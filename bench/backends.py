@@ -10,13 +10,17 @@ config/simplebev.yaml: effb0, 112x200, 100x4x100) and the headline one (res101, 
     python -m bench.backends --configs cpu --radar meta     # with the meta-radar input
     python -m bench.backends --device cuda                  # CUDA rows (needs a GPU)
 
+The PyTorch variants are the runners the node builds (simplebev_core.inference.RunnerBuilder
+with node.backend torch, node.amp and node.torchscript set per variant); the runtime variants
+load the export as the node's builder does once it has exported (backends.load_backend).
+
 Each variant runs in its own subprocess (as bench/lift.py), so its peak memory is measured
 cleanly: peak resident set size above the process's level before the backend is built, over
 building it, the warm-up and the timed forwards (on CUDA: torch.cuda.max_memory_allocated;
 TensorRT's own allocations are not seen). Time: the median of --repeats forwards after two
 warm-ups, pooled over --rounds passes through all variants (interleaved, so slow drifts in
 machine load hit every variant alike). On a CPU shared with other work, OMP_WAIT_POLICY=PASSIVE
-stops torch's (and, through this script, ONNX Runtime's) idle threads from busy-waiting.
+stops torch's (and ONNX Runtime's, which follows it) idle threads from busy-waiting.
 Parity: the largest relative difference over the three
 heads against eager on the same input, max|x - eager| / max|eager| per head.
 """
@@ -41,6 +45,9 @@ CPU_PRESET = REPO / "config" / "synthetic_cpu.yaml"
 RAW_HW = (900, 1600)  # the rig's raw camera images (nuScenes size)
 CPU_VARIANTS = ("eager", "torchscript", "compile", "onnxruntime", "openvino")
 CUDA_VARIANTS = ("cuda_fp32", "cuda_bf16", "tensorrt_fp16")
+# The node settings (device, node.amp, node.torchscript) of each PyTorch variant.
+TORCH_VARIANTS = {"eager": ("cpu", "none", False), "torchscript": ("cpu", "none", True),
+                  "cuda_fp32": ("cuda", "none", False), "cuda_bf16": ("cuda", "bf16", False)}
 HEADS = ("segmentation", "center", "offset")
 
 
@@ -93,20 +100,30 @@ def child_export(cfg, work: Path) -> dict:
     return {"export_s": time.perf_counter() - t0, "mib": size / 2**20}
 
 
+def node_torch_runner(variant: str, cfg):
+    """The runner the node builds for the rig with the variant's node settings."""
+    import dataclasses
+
+    import torch
+
+    from simplebev_core.inference import RunnerBuilder
+
+    device, amp, torchscript = TORCH_VARIANTS[variant]
+    node = dataclasses.replace(cfg.node, backend="torch", amp=amp, torchscript=torchscript)
+    builder = RunnerBuilder(seeded_model(cfg), dataclasses.replace(cfg, node=node),
+                            torch.device(device))
+    return builder(bench_rig(cfg))
+
+
 def make_step(variant: str, cfg, work: Path, threads: int):
     """Build the variant's backend; return (forward callable, extra info)."""
     import torch
 
-    from simplebev_core.backends import OnnxRuntimeBackend, TorchBackend, load_backend
+    from simplebev_core.backends import load_backend
 
     rig = bench_rig(cfg)
-    if variant in ("eager", "cuda_fp32", "cuda_bf16"):
-        device = "cpu" if variant == "eager" else "cuda"
-        dtype = "bf16" if variant == "cuda_bf16" else "fp32"
-        backend = TorchBackend(seeded_model(cfg), cfg, rig, device, dtype)
-        return backend, {}
-    if variant == "torchscript":
-        return TorchBackend(seeded_model(cfg), cfg, rig, "cpu", torchscript=True), {}
+    if variant in TORCH_VARIANTS:
+        return node_torch_runner(variant, cfg), {}
     if variant == "compile":
         from simplebev_core.export import fixed_rig_model
 
@@ -119,9 +136,6 @@ def make_step(variant: str, cfg, work: Path, threads: int):
     if variant == "tensorrt_fp16":
         backend = load_backend("tensorrt", work / "model.onnx", rig, precision="fp16")
         return backend, {"engine_build_s": backend.build_s}
-    if variant == "onnxruntime" and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        # Passive waiting asked for (shared CPU): the same for ONNX Runtime's own thread pool.
-        return OnnxRuntimeBackend(work / "model.onnx", rig, threads, spin=False), {"spin": False}
     return load_backend(variant, work / "model.onnx", rig, threads=threads), {}
 
 

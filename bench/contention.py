@@ -15,6 +15,7 @@ renders `data/wide_val`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import statistics
 import sys
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from simplebev_core.config import load_config
     from simplebev_core.image_decode import decode_image
-    from simplebev_core.inference import Predictor, blank_sample, load_inference_model
+    from simplebev_core.inference import (RunnerBuilder, blank_calibration, blank_sample,
+                                           load_inference_model)
 
     cfg = load_config(args.params_file)
     device = torch.device("cpu")
@@ -84,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     sample.images.uniform_(0.0, 1.0, generator=torch.Generator().manual_seed(0))
     print(f"{loaded.name}, {torch.get_num_threads()} threads; median of {args.repeats} "
           f"forwards; busy loop {BUSY_S * 1e3:g} ms in every {(BUSY_S + IDLE_S) * 1e3:g} ms")
+    radar = None if sample.radar is None else sample.radar[None]
+    geometry = {"pix_T_cams": sample.pix_T_cams[None], "ref_T_cams": sample.ref_T_cams[None]}
     for torchscript in (False, True):
-        predictor = Predictor(loaded, device, torchscript=torchscript)
-        predictor.warm_up(sample)
-        row = {load: beside(load, lambda: predictor(sample), args.repeats)
+        node = dataclasses.replace(loaded.cfg.node, backend="torch", torchscript=torchscript)
+        builder = RunnerBuilder(loaded.model, dataclasses.replace(loaded.cfg, node=node), device)
+        builder.warm_up()
+        runner = builder(blank_calibration(loaded.cfg))
+        row = {load: beside(load, lambda: runner(sample.images[None], radar, **geometry),
+                            args.repeats)
                for load in ("none", "thread", "process")}
-        print(f"{predictor.runtime:>22}: alone {row['none']:.0f} ms, beside the loop in a "
+        print(f"{runner.runtime:>22}: alone {row['none']:.0f} ms, beside the loop in a "
               f"thread {row['thread']:.0f} ms ({row['thread'] / row['none']:.2f}x), in a "
               f"process {row['process']:.0f} ms ({row['process'] / row['none']:.2f}x)")
 

@@ -1,11 +1,15 @@
-"""Inference backends for one rig: PyTorch, ONNX Runtime, OpenVINO, TensorRT, one interface.
+"""The model runners for one rig: PyTorch, ONNX Runtime, OpenVINO, TensorRT, one interface.
 
     backend = build_backend("onnxruntime", model, cfg, calibration, cache_dir="~/.cache/simplebev")
     out = backend(images, radar=None)   # BackendOutput(segmentation, center, offset)
 
-Whatever the backend, the outputs are float32 torch tensors of the same shapes: segmentation
-(B, 1, Z, X) logits, center (B, 1, Z, X) in [0, 1], offset (B, 2, Z, X). The ROS node picks
-the backend from a parameter and calls it like this; nothing here imports ROS.
+`Backend` is the one runner interface: whatever the backend, the outputs are float32 torch
+tensors of the same shapes: segmentation (B, 1, Z, X) logits, center (B, 1, Z, X) in [0, 1],
+offset (B, 2, Z, X). A batch whose camera geometry is not the rig's calibration (cameras that
+moved between captures) passes it as pix_T_cams / ref_T_cams: the torch runner lifts it; the
+runner of an exported file, built for its rig alone, refuses it. The ROS node builds one runner
+per rig (simplebev_core.inference.RunnerBuilder, over `build_backend`) and calls it like this;
+nothing here imports ROS.
 
 The runtime backends run the file `simplebev_core.export` writes. `build_backend` keeps an
 export cache on disk keyed by (weights hash, calibration hash, config, dtype, image dtype):
@@ -25,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +39,19 @@ import torch
 from torch import Tensor
 
 from .calibration import RigCalibration, check_cameras, model_inputs
-from .config import AMP_MODES, SimpleBevConfig, config_to_dict
+from .config import AMP_MODES, BACKENDS, SimpleBevConfig, config_to_dict
+from .device import AMP_DTYPES, autocast_dtype
 from .export import (CalibrationMismatchError, MissingPackageError)  # noqa: F401 (re-exported)
 from .export import (EXPORT_VERSION, OPSET, OUTPUT_NAMES, ExportError, check_calibration,
                      check_consistent, example_inputs, export_onnx, model_hash, read_metadata,
                      require)
-from .inference import AMP_DTYPES
-from .model import Segnet
+from .lift import LiftTable
+from .model import Segnet, feature_size
 from .radar import radar_channels
-from .torchscript import freeze_segnet
+from .torchscript import FrozenSegnet, freeze_segnet
 
-KINDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+# The backend names: the choices of node.backend, defined once in config.
+KINDS = BACKENDS
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What each kind can run: torch autocasts; onnxruntime runs the export's dtype (the export has
@@ -66,7 +73,7 @@ class PrecisionError(BackendError, ValueError):
 
 def backend_precision(kind: str, amp: str = "none", asked: str | None = None) -> str:
     """The precision backend `kind` runs at: `asked` (an explicit backend option) when given,
-    else node.amp's autocast dtype (the inference.AMP_DTYPES names), fp32 for amp 'none'.
+    else node.amp's autocast dtype (the device.AMP_DTYPES names), fp32 for amp 'none'.
     Raises PrecisionError when `kind` does not run that precision."""
     if kind not in KIND_PRECISIONS:
         raise BackendError(f"backend '{kind}' is not one of {list(KINDS)}")
@@ -80,16 +87,30 @@ def backend_precision(kind: str, amp: str = "none", asked: str | None = None) ->
     return asked
 
 
-def runtime_label(kind: str, precision: str) -> str:
-    """How a backend is named in logs and diagnostics: 'openvino (fp32)'."""
-    return f"{kind} ({precision})"
+def amp_setting(precision: str) -> str:
+    """The amp setting (none | bf16 | fp16) that runs `precision` (fp32 | bf16 | fp16)."""
+    return "none" if precision == "fp32" else precision
+
+
+def runs_frozen(kind: str, precision: str, torchscript: bool) -> bool:
+    """Whether a runner runs frozen TorchScript stages: torch at fp32 only (autocast runs the
+    eager model)."""
+    return kind == "torch" and torchscript and precision == "fp32"
+
+
+def runtime_label(kind: str, precision: str, frozen: bool = False) -> str:
+    """How a runner is named in logs and diagnostics: 'openvino (fp32)', 'torch (bf16)', and
+    'torchscript (frozen)' for the torch runner on frozen stages (always fp32)."""
+    return "torchscript (frozen)" if frozen else f"{kind} ({precision})"
 
 
 def node_runtime(cfg: SimpleBevConfig) -> str:
-    """The runtime label of the backend `cfg.node` asks for (node.backend at node.amp), known
-    before any backend is built; the built backend's `runtime` is the same or it refused."""
+    """The runtime label of the runner `cfg.node` asks for (node.backend at node.amp, with
+    node.torchscript), known before any runner is built; the built runner's `runtime` is the
+    same or it refused."""
     kind = cfg.node.backend
-    return runtime_label(kind, backend_precision(kind, cfg.node.amp))
+    precision = backend_precision(kind, cfg.node.amp)
+    return runtime_label(kind, precision, runs_frozen(kind, precision, cfg.node.torchscript))
 
 
 @dataclass
@@ -100,19 +121,32 @@ class BackendOutput:
     center: Tensor
     offset: Tensor
 
+    def cpu(self) -> "BackendOutput":
+        """The same heads on the CPU (the tensors themselves when they are there already)."""
+        return BackendOutput(self.segmentation.cpu(), self.center.cpu(), self.offset.cpu())
+
+
+Geometry = tuple[Tensor, Tensor]  # pix_T_cams, ref_T_cams (B, S, 4, 4)
+
 
 class Backend:
-    """Base: input checks shared by every backend. Call with (images, radar=None).
+    """The one model runner interface, for one rig calibration; base of every runner.
 
-    images (B, S, 3, H, W) float in [0, 1] or uint8 in [0, 255]; radar (B, 16|1, Z, Y, X)
-    exactly when model.radar is not 'none'.
+    Call with (images, radar=None, pix_T_cams=None, ref_T_cams=None): images (B, S, 3, H, W)
+    float in [0, 1] or uint8 in [0, 255]; radar (B, 16|1, Z, Y, X) exactly when model.radar is
+    not 'none'; pix_T_cams, ref_T_cams (B, S, 4, 4) this batch's camera geometry when it is not
+    the rig's own (None: the rig's, `self.pix_T_cams` / `self.ref_T_cams`). `precision` and
+    `runtime` say what runs.
     """
 
     kind = "base"
     precision = "fp32"  # what runs: each backend sets it from what it asked its runtime for
+    lifts_any_geometry = False  # an exported graph has its rig's geometry baked in
 
-    def __init__(self, cfg: SimpleBevConfig, calibration_hash: str, source: Path | None = None):
-        self.cfg, self.calibration_hash, self.source = cfg, calibration_hash, source
+    def __init__(self, cfg: SimpleBevConfig, calibration: RigCalibration,
+                 source: Path | None = None):
+        self.cfg, self.calibration_hash, self.source = cfg, calibration.hash, source
+        self.pix_T_cams, self.ref_T_cams = model_inputs(calibration, cfg)  # the rig's (S, 4, 4)
         self.cache_hit = False  # set by build_backend: the export came from the cache
 
     @property
@@ -120,12 +154,43 @@ class Backend:
         """The backend and the precision it runs at, for logs and diagnostics."""
         return runtime_label(self.kind, self.precision)
 
-    def __call__(self, images: Tensor, radar: Tensor | None = None) -> BackendOutput:
+    def __call__(self, images: Tensor, radar: Tensor | None = None, *,
+                 pix_T_cams: Tensor | None = None,
+                 ref_T_cams: Tensor | None = None) -> BackendOutput:
         self.check_inputs(images, radar)
-        return self.run(images, radar)
+        return self.run(images, radar, self.batch_geometry(images, pix_T_cams, ref_T_cams))
 
-    def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
+    def run(self, images: Tensor, radar: Tensor | None,
+            geometry: Geometry | None = None) -> BackendOutput:
+        """geometry: None for the rig's own; only runners that lift any geometry get one."""
         raise NotImplementedError
+
+    def batch_geometry(self, images: Tensor, pix_T_cams: Tensor | None,
+                       ref_T_cams: Tensor | None) -> Geometry | None:
+        """The geometry `run` gets: None for the rig's own, else the one given (checked). A
+        runner that cannot lift another geometry refuses one that is not its rig's."""
+        if pix_T_cams is None and ref_T_cams is None:
+            return None
+        if pix_T_cams is None or ref_T_cams is None:
+            raise ValueError("pix_T_cams and ref_T_cams: give both or neither")
+        expected = (images.shape[0], len(self.cfg.input.cameras), 4, 4)
+        for name, t in (("pix_T_cams", pix_T_cams), ("ref_T_cams", ref_T_cams)):
+            if tuple(t.shape) != expected or not t.is_floating_point():
+                raise ValueError(f"{name}: expected float {expected}, got shape "
+                                 f"{tuple(t.shape)} dtype {t.dtype}")
+        if self.lifts_any_geometry:
+            return pix_T_cams, ref_T_cams
+        if not self.is_rig_geometry(pix_T_cams, ref_T_cams):
+            raise ValueError(f"{self.kind} runs an export for rig calibration "
+                             f"{self.calibration_hash[:12]}: this batch's camera geometry is "
+                             f"another (use the torch backend for moving cameras)")
+        return None
+
+    def is_rig_geometry(self, pix_T_cams: Tensor, ref_T_cams: Tensor) -> bool:
+        """Every batch item has exactly the rig's geometry."""
+        pix, ref = self.pix_T_cams.to(pix_T_cams), self.ref_T_cams.to(ref_T_cams)
+        return bool(torch.equal(pix_T_cams, pix.expand_as(pix_T_cams))
+                    and torch.equal(ref_T_cams, ref.expand_as(ref_T_cams)))
 
     def check_inputs(self, images: Tensor, radar: Tensor | None) -> None:
         S = len(self.cfg.input.cameras)
@@ -167,44 +232,75 @@ def no_tf32():
 
 
 class TorchBackend(Backend):
-    """The PyTorch model with the rig's LiftTable (eager). `dtype` bf16/fp16 autocasts; on
-    CUDA without TF32 (`no_tf32`), so fp32 is fp32 on every GPU.
+    """The PyTorch model on `device`, under inference mode: the rig's geometry lifts through
+    the rig's LiftTable, any other geometry (given per batch) projects every voxel. `dtype`
+    bf16/fp16 autocasts, as far as the device runs it (device.autocast_dtype); on CUDA without
+    TF32 (`no_tf32`), so fp32 is fp32 on every GPU. Outputs stay on `device`.
     torchscript (fp32 only): batches of one run frozen TorchScript stages
-    (simplebev_core.torchscript), other batch sizes the eager model."""
+    (simplebev_core.torchscript), other batch sizes the eager model. `frozen`: stages already
+    frozen from this model (shared by the runners of several rigs: nothing in them depends on
+    the rig); `table`: the rig's LiftTable when the caller has built it already."""
 
     kind = "torch"
+    lifts_any_geometry = True
 
     def __init__(self, model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration,
                  device: str | torch.device = "cpu", dtype: str = "fp32",
-                 torchscript: bool = False):
-        super().__init__(cfg, calibration.hash)
+                 torchscript: bool = False, *, frozen: FrozenSegnet | None = None,
+                 table: LiftTable | None = None):
+        super().__init__(cfg, calibration)
         check_consistent(model, cfg)
         self.precision = self.dtype = backend_precision("torch", asked=dtype)
         self.device = torch.device(device)
+        self.amp_dtype = autocast_dtype(amp_setting(self.precision), self.device)
         self.model = model.to(self.device).eval()
-        pix_T_cams, ref_T_cams = model_inputs(calibration, cfg)
-        self.pix_T_cams, self.ref_T_cams = pix_T_cams.to(self.device), ref_T_cams.to(self.device)
-        self.table = model.make_lift_table(self.pix_T_cams, self.ref_T_cams,
-                                           (cfg.input.image_height, cfg.input.image_width))
+        self.pix_T_cams, self.ref_T_cams = (self.pix_T_cams.to(self.device),
+                                            self.ref_T_cams.to(self.device))
+        self.table = self._rig_table(table)
         self.frozen = None
-        if torchscript and dtype == "fp32":
-            images, *radar_or_none = example_inputs(cfg)
-            radar = radar_or_none[0] if radar_or_none else None
-            self.frozen = freeze_segnet(self.model, images.to(self.device),
-                                        self.pix_T_cams[None], self.ref_T_cams[None],
-                                        None if radar is None else radar.to(self.device))
+        if runs_frozen(self.kind, self.precision, torchscript):
+            self.frozen = frozen if frozen is not None else self._freeze()
+            if self.frozen.model is not model:
+                raise ValueError("frozen: stages frozen from another model")
 
-    def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
+    @property
+    def runtime(self) -> str:
+        return runtime_label(self.kind, self.precision, self.frozen is not None)
+
+    def _rig_table(self, table: LiftTable | None) -> LiftTable:
+        """The given table, when it is this rig's at the network input size, else a new one."""
+        hw = (self.cfg.input.image_height, self.cfg.input.image_width)
+        if table is None:
+            return self.model.make_lift_table(self.pix_T_cams, self.ref_T_cams, hw)
+        if not table.matches(self.pix_T_cams[None].to(table.pix_T_cams.device),
+                             self.ref_T_cams[None].to(table.ref_T_cams.device), hw,
+                             feature_size(hw)):
+            raise ValueError("table: a LiftTable of another rig or image size")
+        return table
+
+    def _freeze(self) -> FrozenSegnet:
+        images, *radar_or_none = example_inputs(self.cfg)
+        radar = radar_or_none[0].to(self.device) if radar_or_none else None
+        return freeze_segnet(self.model, images.to(self.device), self.pix_T_cams[None],
+                             self.ref_T_cams[None], radar)
+
+    def run(self, images: Tensor, radar: Tensor | None,
+            geometry: Geometry | None = None) -> BackendOutput:
         B = images.shape[0]
-        images = _as_float_images(images.to(self.device))
+        images = _as_float_images(images.to(self.device, non_blocking=True))
         radar = None if radar is None else radar.to(self.device).float()
-        amp_dtype = AMP_DTYPES.get(self.dtype)
+        if geometry is None:
+            pix_T_cams, ref_T_cams = (self.pix_T_cams.expand(B, -1, -1, -1),
+                                      self.ref_T_cams.expand(B, -1, -1, -1))
+            table = self.table
+        else:
+            pix_T_cams, ref_T_cams = (g.to(self.device) for g in geometry)
+            table = None
         model = self.frozen if self.frozen is not None and B == 1 else self.model
         strict = no_tf32() if self.device.type == "cuda" else contextlib.nullcontext()
-        with torch.no_grad(), strict, torch.autocast(self.device.type, dtype=amp_dtype,
-                                                     enabled=amp_dtype is not None):
-            out = model(images, self.pix_T_cams.expand(B, -1, -1, -1),
-                        self.ref_T_cams.expand(B, -1, -1, -1), radar, lift_table=self.table)
+        with torch.inference_mode(), strict, torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = model(images, pix_T_cams, ref_T_cams, radar, lift_table=table)
         return BackendOutput(out.segmentation.float(), out.center.float(), out.offset.float())
 
 
@@ -218,7 +314,7 @@ class _ExportedBackend(Backend):
         path = Path(path)
         meta = read_metadata(path)
         check_calibration(meta, calibration, str(path))
-        super().__init__(meta.cfg, meta.calibration_hash, path)
+        super().__init__(meta.cfg, calibration, path)
         self.meta = meta
         self.np_dtype = np.float16 if meta.dtype == "fp16" else np.float32
 
@@ -260,12 +356,13 @@ class OnnxRuntimeBackend(_ExportedBackend):
     """ONNX Runtime, CPU execution provider by default; all graph optimisations on (they change
     the layout and the summation order, not the precision: see ORT_EXACT_ENTRIES). It runs the
     export's dtype: `precision`, when given, must be it. `spin=False` stops idle intra-op
-    threads from busy-waiting (better on a shared CPU)."""
+    threads from busy-waiting (better on a shared CPU); None: as torch's threads do, by
+    OMP_WAIT_POLICY (PASSIVE: no spinning)."""
 
     kind = "onnxruntime"
 
     def __init__(self, path: str | Path, calibration: RigCalibration, threads: int | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool = True,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), spin: bool | None = None,
                  precision: str | None = None):
         ort = require("onnxruntime", "the onnxruntime backend")
         super().__init__(path, calibration)
@@ -281,12 +378,15 @@ class OnnxRuntimeBackend(_ExportedBackend):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if spin is None:
+            spin = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), sess_options=options,
                                             providers=ort_providers(providers))
 
-    def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
+    def run(self, images: Tensor, radar: Tensor | None,
+            geometry: Geometry | None = None) -> BackendOutput:
         return self.outputs(self.session.run(list(OUTPUT_NAMES), self.feeds(images, radar)))
 
 
@@ -336,7 +436,8 @@ class OpenVinoBackend(_ExportedBackend):
             self.compiled[batch] = compiled
         return self.compiled[batch]
 
-    def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
+    def run(self, images: Tensor, radar: Tensor | None,
+            geometry: Geometry | None = None) -> BackendOutput:
         compiled = self._compiled(images.shape[0])
         result = compiled(self.feeds(images, radar))
         by_name = {port.get_any_name(): result[port] for port in compiled.outputs}
@@ -403,7 +504,8 @@ class TensorRtBackend(_ExportedBackend):
         self.engine_path.write_bytes(bytes(engine))
         return time.perf_counter() - t0
 
-    def run(self, images: Tensor, radar: Tensor | None) -> BackendOutput:
+    def run(self, images: Tensor, radar: Tensor | None,
+            geometry: Geometry | None = None) -> BackendOutput:
         if images.shape[0] > self.max_batch:
             raise ValueError(f"images: batch {images.shape[0]} exceeds the engine's max_batch "
                              f"{self.max_batch}")
@@ -474,7 +576,8 @@ def load_backend(kind: str, path: str | Path, calibration: RigCalibration, *,
 
 def build_backend(kind: str, model: Segnet, cfg: SimpleBevConfig, calibration: RigCalibration,
                   cache_dir: str | Path, *, dtype: str | None = None, threads: int | None = None,
-                  device: str = "cpu") -> Backend:
+                  device: str | torch.device = "cpu", torchscript: bool = False,
+                  frozen: FrozenSegnet | None = None, table: LiftTable | None = None) -> Backend:
     """The backend `kind` (torch | onnxruntime | openvino | tensorrt) for this model and rig.
 
     dtype: the precision (backend_precision; None: cfg.node.amp's, fp32 for 'none'). torch:
@@ -482,12 +585,15 @@ def build_backend(kind: str, model: Segnet, cfg: SimpleBevConfig, calibration: R
     the inference precision hint, tensorrt: the engine precision (fp32 | bf16 | fp16), both
     over an fp32 export.
     threads: intra-op threads of the CPU runtimes (None: the runtime's default).
+    device, torchscript, frozen, table: the torch runner's (TorchBackend); the exported
+    runtimes pick their own devices.
     """
     if kind not in KINDS:
         raise BackendError(f"backend '{kind}' is not one of {list(KINDS)}")
     precision = backend_precision(kind, cfg.node.amp, dtype)  # refuse before a long export
     if kind == "torch":
-        return TorchBackend(model, cfg, calibration, device, precision)
+        return TorchBackend(model, cfg, calibration, device, precision, torchscript,
+                            frozen=frozen, table=table)
     require(RUNTIME_PACKAGES[kind], f"the {kind} backend")  # fail before a long export
     export_dtype = precision if kind == "onnxruntime" else "fp32"
     path, hit = cached_export(model, cfg, calibration, cache_dir, export_dtype)

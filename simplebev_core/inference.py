@@ -1,33 +1,34 @@
 """Inference for deployment: build the model from a checkpoint without downloading anything,
-refuse settings that disagree with the checkpoint's, and run it under inference mode, with an
-optional CUDA autocast and a cached lift table for a static rig.
+refuse settings that disagree with the checkpoint's, and build the model runner of each rig as
+node.backend, node.amp and node.torchscript ask (`RunnerBuilder`; the runners themselves:
+simplebev_core.backends).
 
-Shared by the ROS node and replay tools; no ROS imports.
+Shared by the ROS node, bench.backends and replay tools; no ROS imports.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
+from .backends import Backend, TorchBackend, backend_precision, build_backend, node_runtime
+from .calibration import RigCalibration, from_matrices, model_inputs
 from .checkpoint import (CheckpointError, checkpoint_config, load_checkpoint, model_for_checkpoint,
                          resolve_checkpoint)
 from .config import SimpleBevConfig, config_to_dict
+from .device import autocast_dtype
 from .geometry import intrinsics_matrix
 from .lift import LiftTable
-from .model import BevOutput, Segnet, feature_size
+from .model import Segnet
 from .radar import radar_channels
 from .sample import Sample
-from .torchscript import FrozenSegnet, freeze_segnet
+from .torchscript import FrozenSegnet
 
 # Sections the checkpoint's config must agree with, and keys that do not change the network's
 # function at inference (initialisation, train-time augmentation, lift implementation).
 COMPARED_SECTIONS = ("grid", "input", "model")
 INFERENCE_NEUTRAL_KEYS = frozenset({"model.encoder_pretrained", "model.rand_flip", "model.lift"})
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ConfigMismatchError(ValueError):
@@ -83,65 +84,68 @@ def load_inference_model(cfg: SimpleBevConfig, checkpoint: str | Path,
     return LoadedModel(model, model.cfg, info.path, info.step, info.format)
 
 
-class Predictor:
-    """Runs a loaded model on single Samples; outputs come back as float32 CPU tensors."""
+class RunnerBuilder:
+    """Builds the model runner (simplebev_core.backends.Backend) of each rig as cfg.node asks:
+    node.backend at node.amp (backends.backend_precision; the torch runner as far as the device
+    runs it, device.autocast_dtype) and node.torchscript, exports cached in
+    node.export_cache_dir. The node's pipeline builds every rig's runner with it, and
+    bench.backends measures what it builds. Settings a runner would refuse are refused here,
+    at start-up. Torch runners share one set of frozen stages, frozen by the first one built
+    (`warm_up`): nothing in them depends on the rig."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, amp: str = "none",
-                 torchscript: bool = False):
-        """torchscript: run frozen TorchScript stages (simplebev_core.torchscript), built by
-        `warm_up`; not combined with autocast (amp), which runs the model eagerly."""
-        if amp != "none" and device.type != "cuda":
-            raise ValueError(f"amp '{amp}' needs a CUDA device (device is {device})")
-        self.loaded, self.device = loaded, device
-        self.amp_dtype = AMP_DTYPES.get(amp)
-        self.torchscript = torchscript and self.amp_dtype is None
+    def __init__(self, model: Segnet, cfg: SimpleBevConfig, device: torch.device,
+                 threads: int | None = None):
+        """threads: intra-op threads of the exported CPU runtimes (None: their default)."""
+        self.model, self.cfg, self.device, self.threads = model, cfg, torch.device(device), threads
+        self.kind = cfg.node.backend
+        self.precision = backend_precision(self.kind, cfg.node.amp)
+        if self.kind == "torch":
+            autocast_dtype(cfg.node.amp, self.device)  # an amp this device cannot run: refused
+        self.runtime = node_runtime(cfg)  # how the runners run, for logs and diagnostics
         self.frozen: FrozenSegnet | None = None
 
-    @property
-    def runtime(self) -> str:
-        """How the model runs, for logs and diagnostics."""
-        if self.frozen is not None:
-            return "torchscript (frozen)"
-        return "eager" if self.amp_dtype is None else f"eager, {self.amp_dtype} autocast"
+    def lift_table(self, calibration: RigCalibration) -> LiftTable:
+        """The rig's LiftTable at the network input size, on the device."""
+        pix_T_cams, ref_T_cams = model_inputs(calibration, self.cfg)
+        hw = (self.cfg.input.image_height, self.cfg.input.image_width)
+        return self.model.make_lift_table(pix_T_cams.to(self.device), ref_T_cams.to(self.device),
+                                          hw)
 
-    def make_lift_table(self, pix_T_cams: Tensor, ref_T_cams: Tensor, image_hw: tuple[int, int]
-                        ) -> LiftTable:
-        """The lift table for one rig (S, 4, 4) at the network input size, on the device."""
-        return self.loaded.model.make_lift_table(pix_T_cams.to(self.device),
-                                                 ref_T_cams.to(self.device), image_hw)
+    def __call__(self, calibration: RigCalibration, table: LiftTable | None = None) -> Backend:
+        """The runner for this rig; `table`: its lift table, when the caller has it already
+        (the torch runner lifts with it). An exported runtime exports for the rig, or reads the
+        export from the cache."""
+        runner = build_backend(self.kind, self.model, self.cfg, calibration,
+                               self.cfg.node.export_cache_dir, threads=self.threads,
+                               device=self.device, torchscript=self.cfg.node.torchscript,
+                               frozen=self.frozen, table=table)
+        if isinstance(runner, TorchBackend):
+            self.frozen = runner.frozen  # the next rig's runner reuses the stages
+        return runner
 
-    @staticmethod
-    def table_fits(table: LiftTable, sample: Sample) -> bool:
-        hw = tuple(sample.images.shape[-2:])
-        return table.matches(sample.pix_T_cams.to(table.pix_T_cams.device),
-                             sample.ref_T_cams.to(table.ref_T_cams.device), hw, feature_size(hw))
-
-    @torch.inference_mode()
-    def __call__(self, sample: Sample, lift_table: LiftTable | None = None) -> BevOutput:
-        images = sample.images[None].to(self.device, non_blocking=True)
-        pix, ref = sample.pix_T_cams[None].to(self.device), sample.ref_T_cams[None].to(self.device)
-        radar = None if sample.radar is None else sample.radar[None].to(self.device)
-        model = self.frozen or self.loaded.model
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            out = model(images, pix, ref, radar, lift_table=lift_table)
-        return BevOutput(out.segmentation.float().cpu(), out.center.float().cpu(),
-                         out.offset.float().cpu(), out.features.float().cpu())
-
-    def warm_up(self, sample: Sample, lift_table: LiftTable | None = None) -> None:
-        """One forward on a black frame of the right shapes (kernels, allocator, caches);
-        first, with `torchscript`, the frozen stages for these shapes (TorchScriptError when
-        they disagree with the eager model)."""
-        blank = dataclasses.replace(sample, images=torch.zeros_like(sample.images))
-        if self.torchscript and self.frozen is None:
-            radar = None if blank.radar is None else blank.radar[None].to(self.device)
-            with torch.inference_mode(False):
-                self.frozen = freeze_segnet(self.loaded.model, blank.images[None].to(self.device),
-                                            blank.pix_T_cams[None].to(self.device),
-                                            blank.ref_T_cams[None].to(self.device), radar)
-        self(blank, lift_table)
+    def warm_up(self) -> None:
+        """Before the first camera set: a torch runner for a placeholder rig runs one black
+        frame the way the node will (kernels, allocator, caches, and first the frozen stages,
+        checked against the eager model: TorchScriptError when they disagree). An exported
+        runtime is built for a real rig only (its export is for that rig): nothing to warm."""
+        if self.kind != "torch":
+            return
+        sample = blank_sample(self.cfg)
+        runner = self(blank_calibration(self.cfg))
+        radar = None if sample.radar is None else sample.radar[None]
+        geometry = {} if self.cfg.input.camera_poses == "static" else {
+            "pix_T_cams": sample.pix_T_cams[None], "ref_T_cams": sample.ref_T_cams[None]}
+        runner(sample.images[None], radar, **geometry)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def blank_calibration(cfg: SimpleBevConfig) -> RigCalibration:
+    """A plausible pinhole rig at the network input size, every camera at the ego origin (the
+    rig of `blank_sample`), for warm-up."""
+    S, H, W = len(cfg.input.cameras), cfg.input.image_height, cfg.input.image_width
+    pix_T_cams = intrinsics_matrix(W / 2, W / 2, W / 2, H / 2).expand(S, 4, 4)
+    return from_matrices(cfg.input.cameras, [(H, W)] * S, pix_T_cams, torch.eye(4).expand(S, 4, 4))
 
 
 def blank_sample(cfg: SimpleBevConfig) -> Sample:

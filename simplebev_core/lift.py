@@ -255,7 +255,9 @@ class LiftTable:
         if S != self.num_cameras or (Hf, Wf) != self.feat_hw:
             raise ValueError(f"LiftTable built for {self.num_cameras} cameras of {self.feat_hw} "
                              f"features, got feats {tuple(feats.shape)}")
-        # Sparse kernels want float32; features may arrive in bf16/fp16 under autocast.
+        # Sparse kernels want float32; features may arrive in bf16/fp16 under autocast, and
+        # CPU autocast would cast the product back to bf16 (no sparse CSR kernel for it).
         dense = feats.float().permute(1, 3, 4, 0, 2).reshape(S * Hf * Wf, B * C)
-        out = torch.sparse.mm(self.weights, dense).t()  # (B*C, V)
+        with torch.autocast(feats.device.type, enabled=False):
+            out = torch.sparse.mm(self.weights, dense).t()  # (B*C, V)
         return out.reshape(B, C, self.grid.Z, self.grid.Y, self.grid.X).to(feats.dtype)

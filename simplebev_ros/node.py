@@ -40,13 +40,11 @@ from visualization_msgs.msg import MarkerArray
 
 from simplebev.msg import BevInstances
 from simplebev_core.allocator import keep_freed_memory
-from simplebev_core.backends import node_runtime
 from simplebev_core.checkpoint import CheckpointError
 from simplebev_core.config import NODE_NAME, ConfigError, load_config
 from simplebev_core.device import DeviceError, resolve_device
 from simplebev_core.image_decode import ImageDecodeError
-from simplebev_core.inference import (ConfigMismatchError, Predictor, blank_sample,
-                                       load_inference_model)
+from simplebev_core.inference import ConfigMismatchError, RunnerBuilder, load_inference_model
 
 from . import conversions as conv
 from . import params
@@ -109,14 +107,13 @@ class BevNode(Node):
         self.loaded = load_inference_model(cfg, cfg.node.checkpoint, device)
         self.cfg = cfg = self.loaded.cfg
         self.device = device
-        predictor = Predictor(self.loaded, device, cfg.node.amp,
-                              cfg.node.torchscript and cfg.node.backend == "torch")
-        predictor.warm_up(blank_sample(cfg))
-        # What runs the model: the predictor, or an exported runtime (built per rig).
-        self.runtime = predictor.runtime if cfg.node.backend == "torch" else node_runtime(cfg)
+        # One runner per rig (built by the pipeline), as node.backend, amp and torchscript ask.
+        runners = RunnerBuilder(self.loaded.model, cfg, device)
+        runners.warm_up()
+        self.runtime = runners.runtime
         self.tf = make_tf_buffer(cfg.node.tf_cache_s)
         self.source = FrameSource(cfg, self.tf)
-        self.pipeline = BevPipeline(cfg, predictor, self.source)
+        self.pipeline = BevPipeline(cfg, runners, self.source)
         cams = cfg.input.cameras
         self.sync = CameraSync(cams, cams.index(cfg.input.ref_camera), cfg.node.sync_slop_s,
                                cfg.node.sync_queue_size, cfg.node.missing_camera_timeout_s,
@@ -400,6 +397,12 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         # Ctrl-C while the model loads or warms up: the user asked to stop; not an error.
         rclpy.try_shutdown()
+        return 0
+    except Exception:
+        # SIGINT shuts the context down from rclpy's signal handler; creating a subscription
+        # afterwards raises RCLError ("context is invalid"). Not an error then.
+        if rclpy.ok():
+            raise
         return 0
     executor = SingleThreadedExecutor()
     executor.add_node(node)

@@ -1,6 +1,8 @@
 """The config as ROS parameters: every key of config/simplebev.yaml declared with a descriptor
-(its comment from the shipped file, read-only unless it may change at run time, ranges), read
-back into a validated SimpleBevConfig. Only `postprocess.*` changes at run time; everything
+derived from the key's definition in simplebev_core.config (description: its documentation;
+additional_constraints: its valid values in words; a range where a ROS range admits exactly the
+values validation admits; read-only unless it may change at run time), read back into a
+validated SimpleBevConfig. Only `postprocess.*` changes at run time; everything
 else needs a restart (the model, the grid and the subscriptions are built from it).
 
 `checkpoint` and `device` are short top-level aliases of node.checkpoint and node.device for
@@ -15,45 +17,54 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from simplebev_core.config import (ConfigError, PostprocessConfig, SimpleBevConfig,
-                                   config_from_dict, describe_keys, flatten_config)
+                                   config_from_dict, flatten_config, key_docs, key_rule,
+                                   ros_range)
+from simplebev_core.device import DEVICE_SPECS
 
 RUNTIME_PREFIX = "postprocess."
 ALIASES = {"checkpoint": "node.checkpoint", "device": "node.device"}
 # Parameters every rclpy node owns, or that ROS tooling adds; never "unknown".
 ROS_OWNED = ("use_sim_time", "start_type_description_service", "qos_overrides.")
-_RANGES = {"postprocess.seg_threshold": (0.0, 1.0), "postprocess.center_threshold": (0.0, 1.0),
-           "postprocess.nms_kernel": (1, 99), "postprocess.min_pixels": (1, 100000),
-           "postprocess.max_instances": (1, 100000), "postprocess.offset_scale": (0.0, 10.0)}
+ALIAS_CONSTRAINTS = {"checkpoint": "", "device": f"empty or {DEVICE_SPECS}"}
 
 
-def _descriptor(key: str, description: str) -> ParameterDescriptor:
-    runtime = key.startswith(RUNTIME_PREFIX)
-    d = ParameterDescriptor(description=description or key, read_only=not runtime)
-    if key in _RANGES:
-        lo, hi = _RANGES[key]
-        if isinstance(lo, float):
-            d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+def descriptor(key: str, value: Any) -> ParameterDescriptor:
+    """The descriptor of config key `key` (default `value`), from its KeySpec and docs."""
+    d = ParameterDescriptor(description=key_docs()[key] or key,
+                            read_only=not key.startswith(RUNTIME_PREFIX),
+                            additional_constraints=key_rule(key))
+    kind = type(value)
+    span = ros_range(key, kind) if kind in (int, float) else None
+    if span is not None:
+        lo, hi, step = span
+        if kind is float:
+            d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=step)]
         else:
-            d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi),
+                                            step=int(step))]
     return d
 
 
 def declare(node: Any, defaults: SimpleBevConfig) -> list[str]:
     """Declare every config key (and the aliases); returns the config keys in order."""
-    from rclpy.exceptions import InvalidParameterTypeException
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
-    descriptions = describe_keys()
     keys = list(flatten_config(defaults).items())
     for key, value in keys:
+        d = descriptor(key, value)
         try:
-            node.declare_parameter(key, value, _descriptor(key, descriptions.get(key, "")))
+            node.declare_parameter(key, value, d)
         except InvalidParameterTypeException as e:
             hint = " (write floats with a decimal point)" if isinstance(value, float) else ""
             raise ConfigError(f"config key '{key}': the params file gives a value of the wrong "
                               f"type ({e}); expected {type(value).__name__}{hint}") from None
+        except InvalidParameterValueException as e:  # outside the descriptor's range
+            raise ConfigError(f"config key '{key}': must be {d.additional_constraints} "
+                              f"({e})") from None
     for alias, target in ALIASES.items():
         node.declare_parameter(alias, "", ParameterDescriptor(
-            description=f"overrides {target} when not empty", read_only=True))
+            description=f"overrides {target} when not empty", read_only=True,
+            additional_constraints=ALIAS_CONSTRAINTS[alias]))
     return [k for k, _ in keys]
 
 

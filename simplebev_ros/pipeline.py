@@ -3,11 +3,12 @@ conversions) -> decode -> assemble -> model -> post-processing -> output grid an
 in base_link, with the time of every stage. The node calls it from its worker thread; tests
 and the replay tools call it directly.
 
-Per rig (CameraInfo + static transforms, keyed by the calibration's hash) it caches the lift
-table, the cells each camera sees and the BEV grid -> base_link mapping; a change of either
-input rebuilds them (`RigState.rebuilt`). Per set, cells that no camera of the set sees are
-published as unknown (-1): a masked camera (black image) sees nothing, so the area only it
-covers is unknown, and no instance is published there.
+Per rig (CameraInfo + static transforms, keyed by the calibration's hash) it caches the model
+runner (node.backend's, from the RunnerBuilder), the lift table, the cells each camera sees and
+the BEV grid -> base_link mapping; a change of either input rebuilds them (`RigState.rebuilt`).
+Per set, cells that no camera of the set sees are published as unknown (-1): a masked camera
+(black image) sees nothing, so the area only it covers is unknown, and no instance is
+published there.
 """
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from simplebev_core.backends import Backend, build_backend
+from simplebev_core.backends import Backend
 from simplebev_core.bev_grid import BaseGrid, BevToBase
-from simplebev_core.calibration import RigCalibration, model_inputs
+from simplebev_core.calibration import RigCalibration
 from simplebev_core.config import PostprocessConfig, SimpleBevConfig
 from simplebev_core.frame import AssemblyPlan, RawFrame, assemble, decode_frame
-from simplebev_core.inference import Predictor
+from simplebev_core.inference import RunnerBuilder
 from simplebev_core.lift import LiftTable
+from simplebev_core.model import feature_size
+from simplebev_core.sample import Sample
 from simplebev_core.postprocess import extract_instances
 from simplebev_core.voxel import VoxelGrid
 
@@ -39,12 +42,19 @@ class RigState:
     """What the node caches for one rig calibration."""
 
     calibration: RigCalibration
+    runner: Backend  # runs the model for this rig (node.backend)
     table: LiftTable
     mapping: BevToBase
     seen_bev: torch.Tensor  # (S, Z, X) bool: the BEV cells each camera sees
     seen_base: torch.Tensor  # (S, height, width) bool: the same on the base_link grid
-    backend: Backend | None = None  # a runtime backend for this rig (node.backend != torch)
     rebuilt: bool = True
+
+    def fits(self, sample: Sample) -> bool:
+        """The sample has exactly the rig's geometry (so the rig's lift table applies)."""
+        hw = tuple(sample.images.shape[-2:])
+        return self.table.matches(sample.pix_T_cams.to(self.table.pix_T_cams.device),
+                                  sample.ref_T_cams.to(self.table.ref_T_cams.device), hw,
+                                  feature_size(hw))
 
     def known(self, live: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """(BEV (Z, X), base grid (height, width)) cells some live camera sees."""
@@ -67,9 +77,9 @@ class BevResult:
 
 
 class BevPipeline:
-    def __init__(self, cfg: SimpleBevConfig, predictor: Predictor, source: FrameSource):
+    def __init__(self, cfg: SimpleBevConfig, runners: RunnerBuilder, source: FrameSource):
         self.cfg = cfg
-        self.predictor = predictor
+        self.runners = runners
         self.source = source
         self.voxels = VoxelGrid(cfg.grid)
         self.plan = AssemblyPlan.plain(cfg)
@@ -99,9 +109,7 @@ class BevPipeline:
         return raw, self.rig
 
     def _build_rig(self, calibration: RigCalibration) -> RigState:
-        pix_T_cams, ref_T_cams = model_inputs(calibration, self.cfg)
-        hw = (self.cfg.input.image_height, self.cfg.input.image_width)
-        table = self.predictor.make_lift_table(pix_T_cams, ref_T_cams, hw)
+        table = self.runners.lift_table(calibration)
         S = table.num_cameras
         seen_bev = table.seen_by_camera.cpu().reshape(
             S, self.voxels.Z, self.voxels.Y, self.voxels.X).any(dim=2)
@@ -110,12 +118,9 @@ class BevPipeline:
         mapping = BevToBase(self.voxels, base_T_ref)
         seen_base = torch.stack([mapping.resample(seen.float(), fill=0.0) > 0
                                  for seen in seen_bev])
-        backend = None
-        if self.cfg.node.backend != "torch":
-            # Exported (or read from the cache) for this calibration; a new rig re-exports.
-            backend = build_backend(self.cfg.node.backend, self.predictor.loaded.model, self.cfg,
-                                    calibration, self.cfg.node.export_cache_dir)
-        return RigState(calibration, table, mapping, seen_bev, seen_base, backend)
+        # An exported runtime exports for this calibration (or reads the cache's export).
+        runner = self.runners(calibration, table)
+        return RigState(calibration, runner, table, mapping, seen_bev, seen_base)
 
     def run(self, raw: RawFrame, rig: RigState) -> BevResult:
         """Decode, assemble, model, post-process (no message or TF state is touched)."""
@@ -124,14 +129,8 @@ class BevPipeline:
         timings["decode"], t = _lap(t)
         sample = assemble(decoded, self.cfg, self.plan, self.voxels)
         timings["assemble"], t = _lap(t)
-        table = rig.table if self.use_table else None
-        if table is not None and not Predictor.table_fits(table, sample):
-            table = None  # cannot happen for a static rig; never feed a wrong table
-        if rig.backend is not None:
-            radar = None if sample.radar is None else sample.radar[None]
-            out = rig.backend(sample.images[None], radar)
-        else:
-            out = self.predictor(sample, table)
+        radar = None if sample.radar is None else sample.radar[None]
+        out = rig.runner(sample.images[None], radar, **self._geometry(sample, rig)).cpu()
         timings["model"], t = _lap(t)
         known_bev, known_base = rig.known([cam.image is not None for cam in raw.cameras])
         prob = torch.sigmoid(out.segmentation[0, 0])
@@ -140,6 +139,15 @@ class BevPipeline:
         timings["postprocess"], _ = _lap(t)
         return BevResult(raw.stamp_ns, values, rig.mapping.base_grid, instances, timings,
                          rig.rebuilt, out)
+
+    def _geometry(self, sample: Sample, rig: RigState) -> dict[str, torch.Tensor]:
+        """The sample's camera geometry for the runner, or none when it is the rig's own on a
+        static rig (the rig's lift table lifts it then). Moving cameras (camera_poses
+        capture_time) give their own every set; a static rig's never differs from the
+        calibration's, but if it did, the runner is given it rather than the wrong table."""
+        if self.use_table and rig.fits(sample):
+            return {}
+        return {"pix_T_cams": sample.pix_T_cams[None], "ref_T_cams": sample.ref_T_cams[None]}
 
     def _instances(self, out: object, rig: RigState, known_bev: torch.Tensor
                    ) -> list[InstanceOut]:

@@ -29,7 +29,7 @@ from simplebev_core.allocator import keep_freed_memory
 from simplebev_core.checkpoint import (checkpoint_config, checkpoints_to_evaluate, load_checkpoint,
                                        model_for_checkpoint)
 from simplebev_core.config import SimpleBevConfig, resolve_config
-from simplebev_core.device import resolve_device
+from simplebev_core.device import DEVICE_SPECS, resolve_device
 from simplebev_core.metrics import IouAccumulator
 from simplebev_core.model import Segnet
 from simplebev_core.sample import collate
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--num-workers", type=int, default=None,
                    help="default: the config's data.num_workers")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_SPECS)
     p.add_argument("--out-dir", default=None,
                    help="where eval.csv/eval.png go (default: next to the checkpoints)")
     return p

@@ -44,7 +44,7 @@ from simplebev_core.checkpoint import (
 from simplebev_core.config import (
     ConfigError, SimpleBevConfig, TrainConfig, config_from_dict, resolve_config, write_params_file,
 )
-from simplebev_core.device import resolve_device
+from simplebev_core.device import DEVICE_SPECS, autocast_dtype, resolve_device
 from simplebev_core.metrics import intersection_union
 from simplebev_core.model import BevOutput, Segnet, build_model
 from simplebev_core.sample import Batch, collate
@@ -278,7 +278,7 @@ def set_rng_state(state: dict[str, Any], flip_gen: torch.Generator) -> None:
 
 @dataclass
 class Precision:
-    """Autocast settings and the gradient scaler (enabled for fp16 on CUDA only)."""
+    """Autocast settings and the gradient scaler (enabled for fp16, which runs on CUDA only)."""
 
     autocast: bool
     dtype: torch.dtype
@@ -286,10 +286,11 @@ class Precision:
 
 
 def make_precision(tc: TrainConfig, device: torch.device) -> Precision:
-    use_amp = device.type == "cuda" and tc.amp != "none"
-    dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
-    return Precision(use_amp, dtype, torch.amp.GradScaler(device.type,
-                                                          enabled=use_amp and tc.amp == "fp16"))
+    """train.amp on `device` by the one device rule (device.autocast_dtype: bf16 runs on the
+    CPU too, fp16 on CUDA only; DeviceError otherwise)."""
+    dtype = autocast_dtype(tc.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return Precision(dtype is not None, dtype or torch.float32, scaler)
 
 
 def make_optimizer(model: torch.nn.Module,
@@ -592,6 +593,7 @@ def train(args: argparse.Namespace, dataset_factory: Callable[..., Dataset] = ma
     plan = plan_run(args)
     cfg, tc = plan.cfg, plan.cfg.train
     env = setup_distributed(args.device)
+    precision = make_precision(tc, env.device)  # an amp the device cannot run: refused first
     if tc.batch_size % env.world:
         raise ConfigError(f"config key 'train.batch_size': {tc.batch_size} is not divisible by "
                           f"the {env.world} processes")
@@ -607,7 +609,7 @@ def train(args: argparse.Namespace, dataset_factory: Callable[..., Dataset] = ma
     model = build_training_model(cfg, env.device, from_checkpoint=bool(
         plan.resume_from is not None or plan.init_from))
     optimizer, scheduler = make_optimizer(model, cfg)
-    trainer = Trainer(cfg, env, model, model, optimizer, scheduler, make_precision(tc, env.device),
+    trainer = Trainer(cfg, env, model, model, optimizer, scheduler, precision,
                       stream, flip_gen, loss_fn or losses.simplebev_loss,
                       SkipCounter(tc.max_consecutive_skips), checkpoint_dir)
     step, last_path = 0, plan.resume_from
@@ -676,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial weights (own or upstream checkpoint, file or directory)")
     p.add_argument("--stop-at", type=int, default=None,
                    help="save and stop after this step (for time-sliced jobs)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_SPECS)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines only)")
     return p
 

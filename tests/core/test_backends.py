@@ -14,7 +14,9 @@ from simplebev_core.backends import (ORT_EXACT_ENTRIES, BackendError, BackendOut
                                      PrecisionError, TorchBackend, backend_precision,
                                      build_backend, cached_export, load_backend, no_tf32,
                                      node_runtime, ort_providers)
+from simplebev_core.device import DeviceError
 from simplebev_core.export import CalibrationMismatchError, MissingPackageError, example_inputs
+from simplebev_core.inference import RunnerBuilder
 
 from .deploy_rigs import tiny_calibration, tiny_cfg
 
@@ -224,3 +226,39 @@ def test_unknown_kind_and_bad_inputs(setup, tmp_path):
         backend(images)
     with pytest.raises(ValueError, match="radar"):
         backend(images, radar[:, :1])
+
+
+def test_torch_runner_amp_follows_the_device_rule(setup):
+    """bf16 autocasts on the CPU; fp16 does not run there: the runner, and the node's builder
+    at start-up (before any rig), refuse it by device.autocast_dtype's rule."""
+    cfg, model, rig, _, _ = setup
+    bf16 = TorchBackend(model, cfg, rig, dtype="bf16")
+    assert bf16.amp_dtype is torch.bfloat16 and bf16.runtime == "torch (bf16)"
+    images, radar = example_inputs(cfg, batch=1, seed=5)
+    out = bf16(images, radar)
+    assert out.segmentation.dtype == torch.float32  # heads come back as float32 whatever ran
+    with pytest.raises(DeviceError, match="amp 'fp16' does not run on device cpu"):
+        TorchBackend(model, cfg, rig, dtype="fp16")
+    fp16_cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, amp="fp16"))
+    with pytest.raises(DeviceError, match="amp 'fp16' does not run on device cpu"):
+        RunnerBuilder(model, fp16_cfg, torch.device("cpu"))
+
+
+def test_a_batch_geometry_other_than_the_rig_s(setup):
+    """The torch runner lifts a geometry given per batch (moving cameras) without the rig's
+    table; an exported runtime, built for its rig, runs the rig's own and refuses another."""
+    cfg, model, rig, _, runtime = setup
+    eager = TorchBackend(model, cfg, rig)
+    images, radar = example_inputs(cfg, batch=1, seed=5)
+    pix, ref = eager.pix_T_cams[None], eager.ref_T_cams[None]
+    assert_same_grids(eager(images, radar), eager(images, radar, pix_T_cams=pix, ref_T_cams=ref))
+    assert_same_grids(runtime(images, radar),
+                      runtime(images, radar, pix_T_cams=pix, ref_T_cams=ref))
+    moved = ref.clone()
+    moved[..., 0, 3] += 0.5
+    shifted = eager(images, radar, pix_T_cams=pix, ref_T_cams=moved)
+    assert not torch.equal(shifted.segmentation, eager(images, radar).segmentation)
+    with pytest.raises(ValueError, match="camera geometry is another"):
+        runtime(images, radar, pix_T_cams=pix, ref_T_cams=moved)
+    with pytest.raises(ValueError, match="give both or neither"):
+        eager(images, radar, pix_T_cams=pix)

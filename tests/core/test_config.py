@@ -8,8 +8,9 @@ import yaml
 
 import simplebev_core.config as config_module
 from simplebev_core.config import (
-    NODE_NAME, ConfigError, SimpleBevConfig, config_from_dict, config_to_dict,
-    default_config_path, describe_keys, flatten_config, load_config, parse_override,
+    NODE_NAME, ConfigError, SimpleBevConfig, apply_overrides, config_from_dict, config_to_dict,
+    default_config_path, describe_keys, flatten_config, key_docs, key_rule, key_specs,
+    load_config, parse_override, ros_range,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +46,8 @@ def test_dotted_overrides_apply():
     ({"grid.x_range_m": [5.0, -5.0]}, "'grid.x_range_m'"),
     ({"input.ref_camera": "CAM_TOP"}, "'input.ref_camera'"),
     ({"model.replk_kernel": 4}, "'model.replk_kernel'"),
+    ({"postprocess.nms_kernel": 4}, "'postprocess.nms_kernel'"),
+    ({"node.device": "gpu"}, "'node.device'"),
 ])
 def test_bad_values_name_the_key(overrides, fragment):
     with pytest.raises(ConfigError) as err:
@@ -163,3 +166,130 @@ def test_missing_default_config_names_every_place_looked(tmp_path, monkeypatch):
     message = str(err.value)
     assert str(tmp_path / "site" / "simplebev_core" / "simplebev.yaml") in message
     assert "ROS share directory" in message and "pass a params file" in message
+
+
+# ----------------------------------------------------------------- one definition per key
+# Each key's rules and documentation live in its KeySpec (simplebev_core.config); validation,
+# the ROS descriptors (tests/ros/test_params.py), the YAML comments and docs/config.md derive.
+
+INT64_MAX = 2**63 - 1
+
+
+def _with(key: str, value):
+    return apply_overrides(config_to_dict(SimpleBevConfig()), {key: value})
+
+
+def _valid(key: str, value) -> bool:
+    try:
+        config_from_dict(_with(key, value))
+    except ConfigError as e:
+        assert f"'{key}'" in str(e)
+        return False
+    return True
+
+
+def ros_admits(span, value) -> bool:
+    """ROS 2's range rule (rclpy Node._apply_integer_range / _apply_floating_point_range):
+    the ends always, else strictly inside and, with a step, a whole number of steps from the
+    lower end (floats here have step 0)."""
+    lo, hi, step = span
+    if value in (lo, hi):
+        return True
+    if not lo < value < hi:
+        return False
+    return step == 0 or (value - lo) % step == 0
+
+
+def range_samples(span, kind) -> list:
+    """The ends, just outside them, the step and a few interior values."""
+    lo, hi, step = span
+    if kind is float:
+        import math
+        return [lo, math.nextafter(lo, -math.inf), lo + 1e-9, 0.5, 1.0, 3.0, 1e6, hi]
+    values = {lo - 2, lo - 1, lo, lo + 1, lo + 2, lo + 3, lo + 4, lo + 5, lo + 30, lo + 31,
+              1000, 1001, hi - 3, hi - 2, hi - 1, hi}
+    return sorted(v for v in values if -INT64_MAX - 1 <= v <= INT64_MAX)
+
+
+def _spans():
+    defaults = flatten_config(SimpleBevConfig())
+    for key in key_specs():
+        kind = type(defaults[key])
+        span = ros_range(key, kind)
+        if span is not None:
+            yield key, kind, span
+
+
+@pytest.mark.parametrize("key, kind, span", list(_spans()), ids=lambda x: str(x))
+def test_every_value_a_ros_range_admits_is_valid_and_every_other_is_not(key, kind, span):
+    for value in range_samples(span, kind):
+        assert ros_admits(span, value) == _valid(key, value), (key, span, value)
+
+
+def test_nms_kernel_range_admits_exactly_the_odd_sizes():
+    span = ros_range("postprocess.nms_kernel", int)
+    assert span[0] == 1 and span[2] == 2 and span[1] % 2 == 1
+    for k in range(-3, 40):
+        assert ros_admits(span, k) == _valid("postprocess.nms_kernel", k) == (k > 0 and k % 2)
+    assert not _valid("postprocess.nms_kernel", 4) and not ros_admits(span, 4)
+
+
+def test_rules_a_range_cannot_state_have_no_range_but_words():
+    defaults = flatten_config(SimpleBevConfig())
+    # Open float bounds and rules between keys: no range, the rule in words.
+    for key in ("postprocess.seg_threshold", "postprocess.center_threshold", "train.lr",
+                "data.camera_dropout", "model.replk_small_kernel", "model.replk_kernel"):
+        assert ros_range(key, type(defaults[key])) is None, key
+        assert key_rule(key), key
+    assert key_rule("postprocess.seg_threshold") == "in (0, 1)"
+    assert key_rule("model.replk_kernel") == "odd, >= 1, >= model.replk_small_kernel"
+    with pytest.raises(ConfigError, match="'model.replk_small_kernel'"):
+        config_from_dict(_with("model.replk_kernel", 3))
+    assert not _valid("postprocess.seg_threshold", 0.0)
+    assert not _valid("postprocess.seg_threshold", 1.0)
+    assert _valid("postprocess.seg_threshold", 0.999)
+    assert "<= model.replk_kernel" in key_rule("model.replk_small_kernel")
+    assert not _valid("model.replk_small_kernel", 33)
+
+
+def test_every_key_has_a_spec_and_documentation():
+    docs = key_docs()
+    assert list(key_specs()) == list(flatten_config(SimpleBevConfig()))
+    assert [k for k, d in docs.items() if not d] == []
+    assert "{allowed}" not in " ".join(docs.values())
+
+
+def test_backend_names_are_one_tuple():
+    from simplebev_core.backends import KINDS
+
+    assert KINDS == config_module.BACKENDS == key_specs()["node.backend"].choices
+    for kind in KINDS:
+        assert kind in key_docs()["node.backend"]
+
+
+@pytest.mark.parametrize("spec", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", " CPU ", "CUDA:1",
+                                  "gpu", "cuda:", "cuda:x", "cpu:0", "auto:1", "mps", ""])
+def test_device_grammar_is_the_device_modules(spec):
+    from simplebev_core.device import DEVICE_SPECS, DeviceError, parse_device_spec
+
+    try:
+        parse_device_spec(spec)
+        parsed = True
+    except DeviceError:
+        parsed = False
+    assert _valid("node.device", spec) == parsed
+    assert key_specs()["node.device"].rule() == DEVICE_SPECS
+    assert DEVICE_SPECS in key_docs()["node.device"]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("postprocess.nms_kernel", 4), ("postprocess.nms_kernel", 0), ("postprocess.min_pixels", 0),
+    ("postprocess.offset_scale", -0.5), ("input.cameras", []), ("input.cameras", ["A", "A"]),
+    ("data.resize_range", [1.2, 0.8]), ("data.camera_dropout", 1.0),
+    ("node.image_topic_pattern", "/cam/image"), ("node.radar_topics", ["/a", ""]),
+    ("node.map_frame", ""), ("node.backend", "tvm"), ("grid.voxels_zyx", [8, 0, 8]),
+])
+def test_invalid_values_name_the_key_and_the_rule(key, value):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_with(key, value))
+    assert f"'{key}'" in str(err.value)

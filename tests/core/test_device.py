@@ -1,10 +1,12 @@
-"""Device specs -> torch.device, with CUDA present or absent (simulated)."""
+"""Device specs -> torch.device, with CUDA present or absent (simulated); the mixed-precision
+rule (which amp a device runs)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from simplebev_core.device import DeviceError, resolve_device
+from simplebev_core.config import AMP_MODES
+from simplebev_core.device import AMP_DTYPES, DeviceError, autocast_dtype, resolve_device
 
 
 def fake_cuda(monkeypatch, available: bool, count: int = 0) -> None:
@@ -34,3 +36,28 @@ def test_with_cuda(monkeypatch):
 def test_unknown_specs_are_refused_by_name(spec):
     with pytest.raises(DeviceError, match=f"device '{spec}' is not one of"):
         resolve_device(spec)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("amp, device, dtype", [
+    ("none", "cpu", None), ("bf16", "cpu", torch.bfloat16),
+    ("none", "cuda", None), ("bf16", "cuda", torch.bfloat16), ("fp16", "cuda", torch.float16),
+    ("none", "mps", None)])
+def test_autocast_dtype_per_amp_and_device(amp, device, dtype):
+    assert autocast_dtype(amp, torch.device(device)) is dtype
+
+
+@pytest.mark.parametrize("amp, device, message", [
+    ("fp16", "cpu", r"amp 'fp16' does not run on device cpu \(it runs bf16 or none\); use a "
+                    r"CUDA device for fp16"),
+    ("bf16", "mps", r"amp 'bf16' does not run on device mps \(it runs none\)"),
+    ("int8", "cuda", r"amp 'int8' is not one of \['none', 'bf16', 'fp16'\]")])
+def test_an_amp_the_device_cannot_run_is_refused(amp, device, message):
+    with pytest.raises(DeviceError, match=message):
+        autocast_dtype(amp, torch.device(device))
+
+
+def test_the_rule_knows_every_configurable_amp():
+    assert set(AMP_MODES) == {"none", *AMP_DTYPES}

@@ -1,15 +1,16 @@
 """Frozen TorchScript stages: the eager model's outputs for every encoder and radar mode, for a
-calibration other than the traced one, with a lift table, through Predictor; a wrong trace is
-refused."""
+calibration other than the traced one, with a lift table, through the node's torch runner; a
+wrong trace is refused."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
 from simplebev_core import build_model
-from simplebev_core.inference import LoadedModel, Predictor
-from simplebev_core.sample import Sample
+from simplebev_core.inference import RunnerBuilder, blank_calibration
 from simplebev_core.torchscript import RTOL, TorchScriptError, check_frozen, freeze_segnet
 
 from .rigs import nuscenes_like_rig
@@ -79,16 +80,27 @@ def test_a_frozen_model_that_disagrees_is_refused():
         check_frozen(frozen, other, images, pix, ref)
 
 
-def test_predictor_runs_frozen_stages_after_warm_up():
+def test_node_torch_runner_runs_frozen_stages_shared_across_rigs():
+    """The runners the node builds (RunnerBuilder, node.torchscript on by default): warm-up
+    freezes the stages, every rig's runner reuses them, and a batch's own geometry (moving
+    cameras) gives the eager runner's outputs."""
     cfg = tiny_cfg(**{"model.encoder": "effb0"})
     model = eval_model(cfg)
     images, pix, ref, _ = tiny_inputs(B=1)
-    sample = Sample(images=images[0], pix_T_cams=pix[0], ref_T_cams=ref[0], radar=None,
-                    cameras=tuple(cfg.input.cameras), ref_camera=cfg.input.ref_camera)
-    loaded = LoadedModel(model, cfg, None, 0, "test")
-    eager, scripted = Predictor(loaded, torch.device("cpu")), Predictor(
-        loaded, torch.device("cpu"), torchscript=True)
-    assert scripted.frozen is None and scripted.runtime == "eager"
-    scripted.warm_up(sample)
-    assert scripted.frozen is not None and scripted.runtime == "torchscript (frozen)"
-    assert_close(scripted(sample), eager(sample))
+    cpu = torch.device("cpu")
+    eager_cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, torchscript=False))
+    eager = RunnerBuilder(model, eager_cfg, cpu)(blank_calibration(cfg))
+    assert eager.frozen is None and eager.runtime == "torch (fp32)"
+    builder = RunnerBuilder(model, cfg, cpu)
+    assert builder.frozen is None and builder.runtime == "torchscript (frozen)"
+    builder.warm_up()
+    frozen = builder.frozen
+    scripted = builder(blank_calibration(cfg))
+    assert frozen is not None and scripted.frozen is frozen
+    assert scripted.runtime == "torchscript (frozen)"
+    got = scripted(images, pix_T_cams=pix, ref_T_cams=ref)
+    want = eager(images, pix_T_cams=pix, ref_T_cams=ref)
+    for name in ("segmentation", "center", "offset"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= RTOL * max(1.0, float(b.abs().max())), name

@@ -37,6 +37,11 @@ def tiny_model(directory: Path, **overrides: Any) -> tuple[Path, Path]:
     return Path(checkpoint), write_params_file(cfg, directory / "params.yaml")
 
 
+# The node loads, checks and freezes its model before it subscribes: about 1-17 s here, and
+# several times that on a machine busy with other work; a test waits this long for it.
+STARTUP_S = 120.0
+
+
 def node_command(params: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "simplebev_ros.node", "--ros-args", "--params-file", str(params),
             *extra]

@@ -21,7 +21,7 @@ pytest.importorskip("nuscenes", reason="the rig is the synthetic world in nuScen
 
 import simplebev_ros.pipeline as pipeline_module  # noqa: E402
 from simplebev_core.config import load_config  # noqa: E402
-from simplebev_core.inference import LoadedModel, Predictor  # noqa: E402
+from simplebev_core.inference import RunnerBuilder  # noqa: E402
 from simplebev_core.model import build_model  # noqa: E402
 from simplebev_core.postprocess import Instances  # noqa: E402
 from simplebev_ros.frame_source import FrameSource  # noqa: E402
@@ -70,8 +70,7 @@ def rig(synthetic_dataroot) -> Rig:
                      [stamp_ns(m) for m in messages])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    pipeline = BevPipeline(cfg, Predictor(LoadedModel(model, cfg, None, 0, "test"),
-                                          torch.device("cpu")), source)
+    pipeline = BevPipeline(cfg, RunnerBuilder(model, cfg, torch.device("cpu")), source)
     _, state = pipeline.inputs(full)
     seen_bev = seen_per_camera(state.table, pipeline.voxels)
     seen_base = torch.stack([state.mapping.resample(s.float(), fill=0.0) > 0 for s in seen_bev])

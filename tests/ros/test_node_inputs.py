@@ -23,7 +23,7 @@ from simplebev_ros.replay import BagPlayer, Recorded, read_bag  # noqa: E402
 
 from .input_streams import (MS, ORDERS, S, CameraSet, camera_sets, decode,  # noqa: E402
                             encode, nan_translation, set_stream, shifted, zero_quaternion)
-from .node_harness import node_command, node_with_peer, tiny_model  # noqa: E402
+from .node_harness import STARTUP_S, node_command, node_with_peer, tiny_model  # noqa: E402
 from .test_node import diag_values  # noqa: E402
 
 SET_GAP_NS = 1500 * MS  # wall time between sets: a loaded 2-core machine keeps up
@@ -59,7 +59,7 @@ def run_stream(tmp_path: Any, bag: Any, stream_of: Callable[[list[Any], list[Cam
         peer.listen("/diagnostics", DiagnosticArray)
         assert peer.wait_for_node("simplebev_node"), run.proc.stdout
         player = BagPlayer(peer.node, stream, rate=1.0)
-        assert player.wait_for_subscribers(cameras + ["/tf", "/tf_static"], 30.0)
+        assert player.wait_for_subscribers(cameras + ["/tf", "/tf_static"], STARTUP_S)
         assert peer.wait_for(lambda: len(peer.received["/diagnostics"]) > 0, 10.0)
         player.play()
         want = set(expected())

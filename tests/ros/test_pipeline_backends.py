@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime", reason="the onnxruntime backend (the deploy e
 pytest.importorskip("nuscenes", reason="the rig is the synthetic world in nuScenes format")
 
 from simplebev_core.config import load_config  # noqa: E402
-from simplebev_core.inference import LoadedModel, Predictor  # noqa: E402
+from simplebev_core.inference import RunnerBuilder  # noqa: E402
 from simplebev_core.model import build_model  # noqa: E402
 from simplebev_ros.stamps import stamp_to_ns  # noqa: E402
 from simplebev_ros.frame_source import FrameSource  # noqa: E402
@@ -39,8 +39,8 @@ def run_pipeline(cfg, model, dataroot, version, token) -> object:
     sets = []
     for slot, cam in enumerate(cfg.input.cameras):
         sets += sync.add(slot, stamp_to_ns(images[cam].header.stamp), images[cam], 0)
-    predictor = Predictor(LoadedModel(model, cfg, None, 0, "test"), torch.device("cpu"))
-    return BevPipeline(cfg, predictor, source).process(sets[0])
+    runners = RunnerBuilder(model, cfg, torch.device("cpu"))
+    return BevPipeline(cfg, runners, source).process(sets[0])
 
 
 def test_torch_and_onnxruntime_backends_give_the_same_grids(synthetic_dataroot, tmp_path):

@@ -16,6 +16,7 @@ from simplebev_core.checkpoint import (
     CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint,
 )
 from simplebev_core.config import ConfigError, resolve_config
+from simplebev_core.device import DeviceError
 from simplebev_core.model import build_model
 from simplebev_core.sample import Sample, Targets, collate
 from training import losses
@@ -215,6 +216,24 @@ def test_fp16_stops_after_too_many_skips_in_a_row(tmp_path, monkeypatch):
         run(["--run-dir", str(tmp_path / "inf"), "--set", "train.max_consecutive_skips=3"],
             loss_fn=always_inf)
     assert steps_in(tmp_path / "inf") == []
+
+
+def test_train_amp_follows_the_device_rule_on_the_cpu(tmp_path):
+    """train.amp goes through device.autocast_dtype: bf16 autocasts on the CPU (the heads come
+    out in bf16, without a gradient scaler), fp16 is refused before a run directory is made."""
+    with pytest.raises(DeviceError, match="amp 'fp16' does not run on device cpu"):
+        run(["--run-dir", str(tmp_path / "fp16"), "--set", "train.amp=fp16"])
+    assert not (tmp_path / "fp16").exists()
+    dtypes = []
+
+    def recording(out, *args, **kwargs):
+        dtypes.append(out.segmentation.dtype)
+        return losses.simplebev_loss(out, *args, **kwargs)
+
+    last = run(["--run-dir", str(tmp_path / "bf16"), "--stop-at", "1", "--set", "train.amp=bf16"],
+               loss_fn=recording)
+    assert read_checkpoint(last)[1]["step"] == 1
+    assert dtypes == [torch.bfloat16] * 2  # grad_acc 2: two micro-batches, both autocast
 
 
 def test_without_a_scaler_non_finite_gradients_stop_before_the_weights_change(tmp_path):
