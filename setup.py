@@ -88,5 +88,6 @@ setup(
         "simplebev-node = simplebev_ros.node:main",
         "simplebev-train = training.train:main",
         "simplebev-eval = training.eval:main",
+        "simplebev-compare = training.compare:main",
     ]},
 )

@@ -3,7 +3,7 @@
 Prints, per encoder (randomly initialised, eval mode, latent 16), the impulse-response centroid
 minus 8 * i of the feature nearest the image centre, over seeds (see
 simplebev_core/receptive_field.py), next to the phase `pixel_convention: exact` uses
-(simplebev_core.encoders.ENCODERS) and the 3.5 px the earlier 'exact' assumed. The ResNet and
+(simplebev_core.encoders.REGISTRY) and the 3.5 px the earlier 'exact' assumed. The ResNet and
 EfficientNet trunks (stride-8 stage only) are measured too.
 
     python bench/receptive_field.py [--seeds 12] [--height 64 --width 256] [--encoders res50 effb0]

@@ -2,6 +2,7 @@
 
 - `effb0`: upstream Simple-BEV's EfficientNet encoder, on torchvision's EfficientNet-B0 (trunk
   to the stride-16 stage, upsample-concat with the stride-8 stage, 1x1 projection).
+- `effb0_replk`: `effb0` followed by the same RepLK blocks as `camencode_replk`.
 - `camencode`: the image encoder idea of Lift-Splat-Shoot (Philion & Fidler, ECCV 2020): the
   full trunk to stride 32, its last two stages merged at stride 16, brought to stride 8.
 - `camencode_replk`: `camencode` followed by RepLKNet large-kernel blocks (see `replk.py`).
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import UpsamplingConcat, torchvision_weights
-from .replk import RepLKBlock
+from .replk import replk_stack
 
 STRIDE8_CHANNELS = 40
 STRIDE16_CHANNELS = 112
@@ -50,17 +51,21 @@ class EfficientNetB0Trunk(nn.Module):
 
 
 class EffB0Encoder(nn.Module):
-    """Upstream's `effb0`: trunk to stride 16, UpsamplingConcat(112 + 40 -> 128), 1x1 -> C."""
+    """Upstream's `effb0`: trunk to stride 16, UpsamplingConcat(112 + 40 -> 128), 1x1 -> C,
+    then `refine` (RepLK blocks for `effb0_replk`, nothing for `effb0`)."""
 
-    def __init__(self, out_channels: int, pretrained: bool):
+    def __init__(self, out_channels: int, pretrained: bool, replk_blocks: int = 0,
+                 replk_kernel: int = 31, replk_small_kernel: int = 5):
         super().__init__()
         self.backbone = EfficientNetB0Trunk(pretrained, to_stride32=False)
         self.upsampling_layer = UpsamplingConcat(STRIDE16_CHANNELS + STRIDE8_CHANNELS, 128)
         self.depth_layer = nn.Conv2d(128, out_channels, kernel_size=1)
+        self.refine = replk_stack(out_channels, replk_blocks, replk_kernel, replk_small_kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         x8, x16 = self.backbone(x)
-        return self.depth_layer(self.upsampling_layer(x16, x8))  # (N, C, H/8, W/8)
+        y8 = self.depth_layer(self.upsampling_layer(x16, x8))  # (N, C, H/8, W/8)
+        return self.refine(y8)
 
 
 class UpBN(UpsamplingConcat):
@@ -92,9 +97,8 @@ class CamEncodeEncoder(nn.Module):
         self.backbone = EfficientNetB0Trunk(pretrained, to_stride32=True)
         self.up = UpBN(STRIDE32_CHANNELS + STRIDE16_CHANNELS, 512)
         self.depth_layer = nn.Conv2d(512, out_channels, kernel_size=1)
-        # An empty Sequential is the identity and adds nothing to the state_dict (`camencode`).
-        self.refine = nn.Sequential(*(RepLKBlock(out_channels, replk_kernel, replk_small_kernel)
-                                      for _ in range(replk_blocks)))
+        # Empty (the identity, nothing in the state_dict) for `camencode`.
+        self.refine = replk_stack(out_channels, replk_blocks, replk_kernel, replk_small_kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         x8, x16, x32 = self.backbone(x)

@@ -1,7 +1,8 @@
 """RepLKNet-style large-kernel blocks (Ding et al., "Scaling Up Your Kernels to 31x31", CVPR 2022).
 
-Used by the `camencode_replk` encoder to widen the receptive field of the stride-8 feature
-map (C channels) cheaply: a 31x31 depthwise kernel sees ~250 image pixels around each cell.
+Used by the `*_replk` encoders (`camencode_replk`, `res50_replk`, `effb0_replk`: the same
+`refine` stack after each base encoder's output) to widen the receptive field of the stride-8
+feature map (C channels) cheaply: a 31x31 depthwise kernel sees ~250 image pixels around each cell.
 
 Training uses two parallel depthwise branches (large k x k and small s x s, each conv + BN):
 the small branch eases optimisation of the large kernel. For inference the branches are
@@ -125,6 +126,17 @@ class RepLKBlock(nn.Module):
         y = self.act(self.pw1(self.prenorm(x)))
         y = self.act(self.lk(y))
         return x + self.pw2(y)
+
+
+def replk_stack(channels: int, blocks: int, kernel_size: int,
+                small_kernel: int) -> nn.Sequential:
+    """`blocks` RepLKBlocks in sequence: an encoder's `refine` stage, (N, C, H, W) -> same.
+
+    With blocks=0 it is an empty Sequential: the identity, with nothing in the state_dict, so
+    the plain encoders keep upstream's checkpoint layout and trace to no extra ops.
+    """
+    return nn.Sequential(*(RepLKBlock(channels, kernel_size, small_kernel)
+                           for _ in range(blocks)))
 
 
 def reparameterize_model(module: nn.Module) -> int:

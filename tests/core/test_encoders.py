@@ -10,14 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-from simplebev_core import config
+from simplebev_core import build_model, config
 from simplebev_core.config import ConfigError, ModelConfig
 from simplebev_core.encoders import REGISTRY, build_encoder, encoder_phase_px
 from simplebev_core.receptive_field import measure_phase
 from simplebev_core.replk import RepLKBlock, ReparamLargeKernelConv, reparameterize_model
 
+from .test_model import tiny_cfg, tiny_inputs
+
 C = 16
-ENCODERS = ("res50", "effb0", "camencode", "camencode_replk")
+ENCODERS = ("res50", "effb0", "camencode", "camencode_replk", "res50_replk", "effb0_replk")
+# Each "+RepLK" encoder and the base encoder it adds the `refine` blocks to (the 2x2
+# comparison: base, camencode, base + RepLK, camencode + RepLK).
+REPLK_BASES = {"camencode_replk": "camencode", "res50_replk": "res50", "effb0_replk": "effb0"}
 
 
 def small_config(encoder: str, **overrides) -> ModelConfig:
@@ -74,13 +79,30 @@ def test_train_mode_forward_backward_reaches_every_parameter(encoders, name):
         assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient for {pname}"
 
 
-def test_camencode_replk_is_camencode_plus_blocks():
-    camencode = build_encoder(small_config("camencode"))
-    replk = build_encoder(small_config("camencode_replk", replk_blocks=2))
-    assert len(camencode.refine) == 0
+@pytest.mark.parametrize("name, base_name", REPLK_BASES.items())
+def test_replk_encoder_is_its_base_plus_blocks(name, base_name):
+    # replk_blocks=2 on the base too: it configures the *_replk encoders only.
+    base = build_encoder(small_config(base_name, replk_blocks=2))
+    replk = build_encoder(small_config(name, replk_blocks=2))
+    assert len(base.refine) == 0
     assert [type(b) for b in replk.refine] == [RepLKBlock, RepLKBlock]
-    # Same trunk and neck layout: camencode's state_dict keys are a subset.
-    assert set(camencode.state_dict()) <= set(replk.state_dict())
+    # Same trunk and neck layout: the base's state_dict keys are a subset, the rest are blocks.
+    assert set(base.state_dict()) <= set(replk.state_dict())
+    assert all(k.startswith("refine.") for k in set(replk.state_dict()) - set(base.state_dict()))
+
+
+@pytest.mark.parametrize("name, base_name", REPLK_BASES.items())
+def test_base_checkpoint_loads_into_the_replk_encoder(name, base_name):
+    """A base encoder's weights (e.g. an ImageNet/res50 checkpoint) map onto the trunk and neck
+    unchanged; only the blocks are missing."""
+    torch.manual_seed(1)
+    base = build_encoder(small_config(base_name))
+    replk = build_encoder(small_config(name))
+    result = replk.load_state_dict(base.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert result.missing_keys and all(k.startswith("refine.") for k in result.missing_keys)
+    for key, value in base.state_dict().items():
+        assert torch.equal(replk.state_dict()[key], value), key
 
 
 def assert_fused_matches(model: nn.Module, x: torch.Tensor, expected_fused: int) -> None:
@@ -112,10 +134,36 @@ def test_reparameterize_default_kernels_31_5_exact():
     assert_fused_matches(blocks, torch.randn(2, C, 12, 20), expected_fused=2)
 
 
-def test_reparameterize_camencode_replk_encoder_exact():
+@pytest.mark.parametrize("name", list(REPLK_BASES))
+def test_reparameterize_replk_encoder_exact(name):
     torch.manual_seed(0)
-    model = build_encoder(small_config("camencode_replk", replk_blocks=2))
+    model = build_encoder(small_config(name, replk_blocks=2))
     assert_fused_matches(model, torch.randn(1, 3, 64, 96), expected_fused=2)
+
+
+@pytest.mark.parametrize("name", list(REPLK_BASES))
+def test_model_with_replk_encoder_trains_and_reparameterizes_exactly(name):
+    """Whole model (tiny config, `exact` pixels at the encoder's phase): a training forward and
+    backward reach the blocks; in eval mode the fused model gives the unfused output."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"model.encoder": name, "model.pixel_convention": "exact"}))
+    images, pix, ref, _ = tiny_inputs()
+    out = model.train()(images, pix, ref, None, generator=torch.Generator().manual_seed(0))
+    assert out.segmentation.shape == (2, 1, 16, 16)
+    out.segmentation.mean().backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".refine." in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    randomize_batchnorm(model, torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        before = model(images, pix, ref, None)
+        assert reparameterize_model(model) == 1  # the tiny config's one block
+        after = model(images, pix, ref, None)
+    for field in ("segmentation", "center", "offset", "features"):
+        b, a = getattr(before, field), getattr(after, field)
+        assert b.abs().max() > 1e-2, field
+        assert (b - a).abs().max().item() < 1e-5, field  # measured 3e-7 .. 3e-6
 
 
 def test_reparameterized_state_dict_has_single_conv():

@@ -1,0 +1,184 @@
+"""training.compare on the tiny synthetic world: two variants (the second started from the
+first's final checkpoint) x two seeds at a handful of steps, one run interrupted beforehand.
+The runner must resume it, skip what is done on a second call, and write a CSV, table and plot
+that agree with the runs' own eval.csv; the experiment file is validated strictly."""
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simplebev_core.checkpoint import list_checkpoints
+from simplebev_core.model import build_model
+from training import compare
+from training.compare import ExperimentError, load_experiment, parse_experiment
+
+pytest.importorskip("nuscenes", reason="the runs read data through the nuScenes devkit")
+
+HERE = Path(__file__).resolve().parent
+EXPERIMENT = HERE / "compare_tiny.yaml"
+SHIPPED = sorted((HERE.parents[1] / "config" / "experiments").glob("*.yaml"))
+MAX_STEPS = 2  # test override of the file's 4: keeps the eight subprocesses short
+
+
+def tiny_experiment(tmp_path: Path) -> Path:
+    """compare_tiny.yaml with fewer steps, written next to a copy of its preset path."""
+    data = yaml.safe_load(EXPERIMENT.read_text())
+    data["recipe"]["presets"] = [str(HERE.parents[1] / "config" / "synthetic_cpu.yaml")]
+    data["recipe"]["set"]["train.max_steps"] = MAX_STEPS
+    data["eval_every"] = 1
+    data["parallel"] = 3  # the start-ups (imports, devkit) overlap; the steps are tiny
+    data["cost"]["repeats"] = 1
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def interrupt_first_run(exp_path: Path, dataroot: Path, out: Path) -> Path:
+    """Train small/seed0 as the runner would, stopped after step 1: what an interrupted
+    comparison leaves on disk."""
+    from training.train import main as train_main
+
+    exp = load_experiment(exp_path)
+    spec = compare.plan_runs(exp, out)[0]
+    compare.write_overrides(spec)
+    cmd = compare.train_command(exp, spec, dataroot, "cpu") + ["--stop-at", "1"]
+    assert cmd[1:3] == ["-m", "training.train"]
+    assert train_main(cmd[3:]) == 0  # in this process: saves a start-up of torch
+    assert [s for s, _ in list_checkpoints(spec.run_dir / "checkpoints")] == [1]
+    return spec.run_dir
+
+
+def expected_rows(out: Path) -> list[dict[str, str]]:
+    """The runs' own eval.csv rows, prefixed with variant and seed, in the runner's order."""
+    rows = []
+    for variant in ("small", "small_continued"):
+        for seed in (0, 1):
+            for r in read_csv(out / "runs" / variant / f"seed{seed}" / "eval" / "eval.csv"):
+                r.pop("checkpoint")
+                rows.append({"variant": variant, "seed": str(seed), **r})
+    return rows
+
+
+def check_table(md: str, rows: list[dict[str, str]]) -> None:
+    """Each variant's last-step row: mean (min-max) over seeds of the eval.csv IoUs."""
+    for variant in ("small", "small_continued"):
+        ious = [float(r["iou"]) for r in rows
+                if r["variant"] == variant and int(r["step"]) == MAX_STEPS]
+        cell = (f"{100 * statistics.fmean(ious):.1f} "
+                f"({100 * min(ious):.1f}-{100 * max(ious):.1f})")
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {variant} |"))
+        assert f"| {MAX_STEPS} | 2 | {cell} |" in line, (line, cell)
+
+
+def check_plotted_curves(rows: list[dict[str, str]]) -> None:
+    """The plot draws compare.by_step's points: per step, the seeds' mean, min and max."""
+    for variant in ("small", "small_continued"):
+        curve = compare.by_step(rows, variant, "iou")
+        assert list(curve) == [1, 2]
+        for step, point in curve.items():
+            ious = [float(r["iou"]) for r in rows
+                    if r["variant"] == variant and int(r["step"]) == step]
+            assert (point.mean, point.low, point.high, point.n) == pytest.approx(
+                (statistics.fmean(ious), min(ious), max(ious), 2))
+
+
+def test_runner_resumes_skips_and_reports_the_runs_own_evaluations(synthetic_dataroot,
+                                                                   tmp_path, capsys):
+    dataroot, _ = synthetic_dataroot
+    exp_path, out = tiny_experiment(tmp_path), tmp_path / "out"
+    interrupted = interrupt_first_run(exp_path, dataroot, out)
+
+    argv = [str(exp_path), "--dataroot", str(dataroot), "--out", str(out)]
+    assert compare.main(argv) == 0, capsys.readouterr().err
+    first = capsys.readouterr().out
+    assert f"resumed from {interrupted / 'checkpoints' / 'model-000000001.pth'}" in (
+        interrupted / "train.log").read_text()
+    parent_final = interrupted / "checkpoints" / f"model-{MAX_STEPS:09d}.pth"
+    assert f"initialised weights from {parent_final}" in (
+        out / "runs" / "small_continued" / "seed0" / "train.log").read_text()
+    assert first.count(" start train ") == 4 and first.count(" start eval ") == 4
+
+    rows = expected_rows(out)
+    assert [int(r["step"]) for r in rows] == [1, 2] * 4  # every kept checkpoint evaluated
+    assert read_csv(out / "results.csv") == rows
+    check_table((out / "results.md").read_text(), rows)
+    assert (out / "results.png").stat().st_size > 1000
+    check_plotted_curves(rows)
+    cost = yaml.safe_load((out / "cost.json").read_text())
+    cfg = compare.plan_runs(load_experiment(exp_path), out)[0].cfg
+    assert cost["small"]["params"] == sum(p.numel() for p in build_model(cfg).parameters())
+    assert all(cost["small"][k] > 0 for k in ("encoder_eager_ms", "model_torchscript_ms"))
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("eval.csv")}
+    assert compare.main(argv) == 0
+    second = capsys.readouterr().out
+    said = [ln.split(" ", 2)[1] for ln in second.splitlines()]  # after the time stamp
+    assert "start" not in said and said.count("skip") == 1 + 4 + 4  # cost, runs, evals
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("eval.csv")} == stamps
+    assert read_csv(out / "results.csv") == rows
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(seed=[1]), "experiment key 'seed' is unknown"),
+    (lambda d: d["variants"]["small"].update(sets={}), "'variants.small.sets' is unknown"),
+    (lambda d: d["variants"]["small_continued"].update(init_from="big"), "no variant 'big'"),
+    (lambda d: d["variants"]["small"].update(init_from="small_continued"), "is a cycle"),
+    (lambda d: d.update(seeds=[1, 1]), "distinct integers"),
+    (lambda d: d.update(parallel=0), "'parallel' must be an integer >= 1"),
+])
+def test_experiment_file_is_validated_strictly(edit, message):
+    data = yaml.safe_load(EXPERIMENT.read_text())
+    edit(data)
+    with pytest.raises(ExperimentError, match=message):
+        parse_experiment(data, EXPERIMENT)
+
+
+def test_a_bad_experiment_is_one_error_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXPERIMENT.read_text().replace("seeds:", "seedz:"))
+    assert compare.main([str(bad), "--dataroot", str(tmp_path), "--out",
+                         str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "seedz" in err[0]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_experiment_files_load(path):
+    """config/experiments/*.yaml parse; variants whose encoder is registered resolve."""
+    from simplebev_core.encoders import REGISTRY
+
+    exp = load_experiment(path)
+    assert len(exp.seeds) >= 2 and len(exp.variants) >= 4
+    for name, variant in exp.variants.items():
+        if variant.sets.get("model.encoder", "") in REGISTRY:
+            overrides = compare.run_overrides(exp, variant, exp.seeds[0])
+            cfg = compare.resolve_run_config(exp, name, overrides)
+            assert cfg.model.encoder == variant.sets["model.encoder"]
+
+
+def test_a_failed_job_blocks_only_its_dependants(tmp_path):
+    """The scheduler on plain `python -c` jobs: a failure is reported with its log's last
+    line, the job waiting for it is not run, an independent job still runs."""
+    import sys
+
+    def job(key: str, code: str, *needs: str) -> compare.Job:
+        marker = tmp_path / f"{key}.ran"
+        script = f"open({str(marker)!r}, 'w'); {code}"
+        return compare.Job(key, lambda slot: [sys.executable, "-c", script],
+                           tmp_path / f"{key}.log", list(needs))
+
+    jobs = [job("a", "raise SystemExit('a broke')"), job("b", "pass", "a"), job("c", "pass")]
+    said: list[str] = []
+    failures = compare.run_jobs(jobs, [compare.Slot("cpu", {})], said.append, poll_s=0.01)
+    assert failures[0].startswith("a failed (exit 1") and failures[0].endswith("a broke")
+    assert failures[1] == "b not run: it needs a"
+    assert (tmp_path / "c.ran").exists() and not (tmp_path / "b.ran").exists()
