@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from simplebev_core.config import resolve_config
     from simplebev_core.sample import collate
-    from training.nuscenes_data import DEFAULT_CACHE_BYTES, NuScenesBev
+    from training.nuscenes_data import NuScenesBev
+    from training.nuscenes_records import DEFAULT_CACHE_BYTES
 
     torch.set_num_threads(1)
     cfg = resolve_config(None, args.preset, [f"model.radar={args.radar}"])

@@ -131,7 +131,7 @@ class EvalData:
     config agrees."""
 
     def __init__(self, dataroot: str, version: str, split: str):
-        from training.nuscenes_data import open_nuscenes
+        from training.nuscenes_records import open_nuscenes
 
         self.dataroot, self.version, self.split = dataroot, version, split
         self.nusc = open_nuscenes(dataroot, version)

@@ -34,7 +34,8 @@ from simplebev_core.geometry import matrix_to_quat_wxyz, pose_to_matrix
 
 from . import bag_messages as bm
 from .cli import report_user_errors
-from .nuscenes_data import NuScenesBev, open_nuscenes
+from .nuscenes_data import NuScenesBev
+from .nuscenes_records import open_nuscenes
 from .radar_io import DataFileError, read_radar_pcd_records
 
 LIDAR_FIELDS = ("x", "y", "z", "intensity", "ring")

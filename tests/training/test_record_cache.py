@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.nuscenes_data import ByteBoundedLru
+from training.nuscenes_records import ByteBoundedLru
 
 
 class Blob:

@@ -22,10 +22,9 @@ from simplebev_core.sample import Sample, Targets, collate
 from training import losses
 from training import train as train_module
 from training.cli import UsageError
-from training.train import (
-    DistEnv, NonFiniteLossError, Precision, accumulate_gradients, apply_update, build_parser,
-    train,
-)
+from training.distributed import DistEnv
+from training.step import NonFiniteLossError, Precision, accumulate_gradients, apply_update
+from training.train import build_parser, train
 
 TINY = [
     "model.encoder=camencode", "model.encoder_pretrained=false", "model.latent_dim=8",
