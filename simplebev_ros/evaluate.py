@@ -17,12 +17,12 @@ checkpoint) and stops it at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +34,8 @@ from simplebev_core import ground_truth
 from simplebev_core.config import SimpleBevConfig
 from simplebev_core.metrics import IouAccumulator
 
-from .mosaic import frame_mosaic
+from .evaluate_output import write_outputs
+from .node_process import node_process
 from .replay import BagError, BagPlayer, Recorded, message_class, read_bag
 from .stamps import stamp_to_ns
 
@@ -121,34 +122,31 @@ def reference_camera_xy(messages: Sequence[Recorded], ref_camera: str) -> tuple[
                    f"'{ref_camera}'")
 
 
-def stop_node(proc: subprocess.Popen) -> str | None:
-    """SIGINT the node this tool started and wait for it; a node that ignores SIGINT for 30 s
-    is killed (never left behind to answer the next run's inputs). Returns the problem."""
-    import signal
-
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        return f"the node did not stop within 30 s of SIGINT:\n{out}"
-    if proc.returncode not in (0, None):
-        return f"the node exited with {proc.returncode}:\n{out}"
-    return None
+def latency_percentiles(latencies_s: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max in ms of the end-to-end latencies (empty when there are none)."""
+    lat = sorted(latencies_s)
+    return {} if not lat else {
+        "p50": 1e3 * statistics.median(lat), "p90": 1e3 * lat[int(0.9 * (len(lat) - 1))],
+        "p99": 1e3 * lat[int(0.99 * (len(lat) - 1))], "max": 1e3 * lat[-1]}
 
 
-def run(bag: str | Path, cfg: SimpleBevConfig, rate: float, wait_s: float,
-        node_cmd: list[str] | None = None) -> tuple[Report, list[Recorded]]:
-    """Score the node (already running, or started with `node_cmd`) on the bag. `cfg` is the
-    node's config: its reference camera, its threshold, and its topic names (node.*)."""
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
+def summarize(frames: dict[int, Frame], messages: Sequence[Recorded], gt_info: Any,
+              cfg: SimpleBevConfig, grids_received: int, duration_s: float,
+              diagnostics: dict[str, str]) -> Report:
+    """The report of the received grids (on `frames`) against the bag's ground truth."""
+    ordered = [frames[k] for k in sorted(frames)]
+    cell_distance = cell_distance_m(gt_info, reference_camera_xy(messages, cfg.input.ref_camera))
+    acc, missing = score(ordered, cfg.postprocess.seg_threshold, cell_distance)
+    latency_ms = latency_percentiles([f.latency_s for f in ordered if f.latency_s is not None])
+    return Report(ordered, acc.iou, acc.iou_unfiltered, acc.iou_by_distance(), acc.band_labels(),
+                  latency_ms, grids_received / duration_s, missing, diagnostics)
+
+
+def load_ground_truth(bag: str | Path) -> tuple[list[Recorded], dict[int, Frame], Any]:
+    """(the bag's messages, a Frame per ground-truth stamp, the ground-truth grid's info)."""
     from nav_msgs.msg import OccupancyGrid
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.serialization import deserialize_message
 
-    ref_camera, threshold = cfg.input.ref_camera, cfg.postprocess.seg_threshold
     messages = read_bag(bag)
     gts = [m for m in messages if m.topic == ground_truth.TOPIC]
     if not gts:
@@ -157,140 +155,146 @@ def run(bag: str | Path, cfg: SimpleBevConfig, rate: float, wait_s: float,
     frames = {m.stamp_ns: Frame(m.stamp_ns, grid_values(deserialize_message(m.cdr, OccupancyGrid)))
               for m in gts}
     gt_info = deserialize_message(gts[0].cdr, OccupancyGrid).info
-    ref_topic = cfg.node.camera_image_topic(ref_camera)
-    sent_wall: dict[int, float] = {}
-    proc = None
-    if node_cmd:
-        proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    rclpy.init()
-    node = rclpy.create_node("simplebev_evaluate")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    diagnostics: dict[str, str] = {}
-    received: list[float] = []
+    return messages, frames, gt_info
 
-    def on_grid(msg: Any) -> None:
+
+class _Listener:
+    """This process' rclpy node: puts the node's grids on `frames` (by stamp, with the latency
+    from `sent_wall`) and keeps its diagnostics. start() spins it in a thread; close() stops."""
+
+    def __init__(self, cfg: SimpleBevConfig, frames: dict[int, Frame],
+                 sent_wall: dict[int, float]):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import OccupancyGrid
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.rclpy, self.frames, self.sent_wall = rclpy, frames, sent_wall
+        rclpy.init()
+        self.node = rclpy.create_node("simplebev_evaluate")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.diagnostics: dict[str, str] = {}
+        self.received: list[float] = []
+        self.grids = self.node.create_subscription(OccupancyGrid, cfg.node.occupancy_topic,
+                                                   self._on_grid, 50)
+        self.node.create_subscription(DiagnosticArray, cfg.node.diagnostics_topic,
+                                      self._on_diag, 10)
+        self._spinning = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _on_grid(self, msg: Any) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
         now = time.monotonic()
-        received.append(now)
-        if stamp in frames:
-            frames[stamp].pred = grid_values(msg)
-            if stamp in sent_wall:
-                frames[stamp].latency_s = now - sent_wall[stamp]
+        self.received.append(now)
+        if stamp in self.frames:
+            self.frames[stamp].pred = grid_values(msg)
+            if stamp in self.sent_wall:
+                self.frames[stamp].latency_s = now - self.sent_wall[stamp]
 
-    def on_diag(msg: Any) -> None:
+    def _on_diag(self, msg: Any) -> None:
         for status in msg.status:
             if status.name.startswith("simplebev"):
-                diagnostics.update({kv.key: kv.value for kv in status.values})
+                self.diagnostics.update({kv.key: kv.value for kv in status.values})
 
-    grids = node.create_subscription(OccupancyGrid, cfg.node.occupancy_topic, on_grid, 50)
-    node.create_subscription(DiagnosticArray, cfg.node.diagnostics_topic, on_diag, 10)
+    def _spin(self) -> None:
+        while self._spinning:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._spinning = False
+        self._thread.join()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown()
+
+
+def _wait_for_node(player: BagPlayer, listener: _Listener, proc: subprocess.Popen | None,
+                   ref_topic: str, occupancy_topic: str) -> None:
+    """Until the node subscribes to its inputs and publishes its grids (fail fast if the node
+    this tool started exits first)."""
+    if proc is not None:  # the node loads its model first; fail fast if it exits
+        limit = time.monotonic() + 120.0
+        while proc.poll() is None and time.monotonic() < limit and \
+                not player.wait_for_subscribers([ref_topic, TF_TOPIC], 0.5):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the node exited with {proc.returncode}:\n{proc.stdout.read()}")
+    if not player.wait_for_subscribers([ref_topic, TF_TOPIC], 120.0):
+        raise BagError(f"no node subscribed to {ref_topic} within 120 s "
+                       "(is simplebev_node running?)")
+    # The node's grid publisher must be matched too, or its first grids are lost.
+    limit = time.monotonic() + 60.0
+    while listener.grids.get_publisher_count() == 0 and time.monotonic() < limit:
+        time.sleep(0.05)
+    if listener.grids.get_publisher_count() == 0:
+        raise BagError("the node subscribed to its inputs but publishes no "
+                       f"{occupancy_topic}")
+    time.sleep(1.0)  # let every subscription of the node match, not only the first ones
+
+
+def _play_and_collect(player: BagPlayer, listener: _Listener, wait_s: float) -> float:
+    """Play the bag and wait for the late grids; returns the seconds the grids came over."""
+    frames, received = listener.frames, listener.received
+    start = time.monotonic()
+    player.play()
+    end = time.monotonic() + wait_s
+    # Wait for late grids: until every frame has one, or none came for 3 s (sets dropped).
+    while time.monotonic() < end and any(f.pred is None for f in frames.values()):
+        quiet_s = time.monotonic() - max(received[-1:] or [start])
+        if quiet_s > 3.0 and time.monotonic() > start + 3.0:
+            break
+        time.sleep(0.05)
+    duration = max((received[-1] if received else time.monotonic()) - start, 1e-9)
+    time.sleep(1.2)  # one more diagnostics period
+    return duration
+
+
+def run(bag: str | Path, cfg: SimpleBevConfig, rate: float, wait_s: float,
+        node_cmd: list[str] | None = None) -> tuple[Report, list[Recorded]]:
+    """Score the node (already running, or started with `node_cmd`) on the bag. `cfg` is the
+    node's config: its reference camera, its threshold, and its topic names (node.*)."""
+    from rclpy.serialization import deserialize_message
+
+    messages, frames, gt_info = load_ground_truth(bag)
+    ref_topic = cfg.node.camera_image_topic(cfg.input.ref_camera)
+    sent_wall: dict[int, float] = {}
 
     def on_publish(m: Recorded) -> None:
         if m.topic == ref_topic:  # compressed or raw, as the bag has it
             header = deserialize_message(m.cdr, message_class(m.msgtype)).header
             sent_wall[stamp_to_ns(header.stamp)] = time.monotonic()
 
-    # Scenes of one bag lie minutes apart: play them back to back.
-    player = BagPlayer(node, [m for m in messages if m.topic != ground_truth.TOPIC], rate,
-                       on_publish,
-                       max_gap_s=1.0)
-    spinning = True
-
-    def spin() -> None:
-        while spinning:
-            executor.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-
-    def close() -> str | None:
-        """Stop spinning and the started node; what went wrong stopping it, if anything."""
-        nonlocal spinning
-        spinning = False
-        thread.join()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return None if proc is None else stop_node(proc)
-
-    try:
-        if proc is not None:  # the node loads its model first; fail fast if it exits
-            limit = time.monotonic() + 120.0
-            while proc.poll() is None and time.monotonic() < limit and \
-                    not player.wait_for_subscribers([ref_topic, TF_TOPIC], 0.5):
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"the node exited with {proc.returncode}:\n{proc.stdout.read()}")
-        if not player.wait_for_subscribers([ref_topic, TF_TOPIC], 120.0):
-            raise BagError(f"no node subscribed to {ref_topic} within 120 s "
-                           "(is simplebev_node running?)")
-        # The node's grid publisher must be matched too, or its first grids are lost.
-        limit = time.monotonic() + 60.0
-        while grids.get_publisher_count() == 0 and time.monotonic() < limit:
-            time.sleep(0.05)
-        if grids.get_publisher_count() == 0:
-            raise BagError("the node subscribed to its inputs but publishes no "
-                           f"{cfg.node.occupancy_topic}")
-        time.sleep(1.0)  # let every subscription of the node match, not only the first ones
-        start = time.monotonic()
-        player.play()
-        end = time.monotonic() + wait_s
-        # Wait for late grids: until every frame has one, or none came for 3 s (sets dropped).
-        while time.monotonic() < end and any(f.pred is None for f in frames.values()):
-            quiet_s = time.monotonic() - max(received[-1:] or [start])
-            if quiet_s > 3.0 and time.monotonic() > start + 3.0:
-                break
-            time.sleep(0.05)
-        duration = max((received[-1] if received else time.monotonic()) - start, 1e-9)
-        time.sleep(1.2)  # one more diagnostics period
-    except BaseException as e:
-        problem = close()
+    failure: BaseException | None = None
+    started = node_process(node_cmd) if node_cmd else nullcontext()
+    with started as node:
+        listener = _Listener(cfg, frames, sent_wall)
+        # Scenes of one bag lie minutes apart: play them back to back.
+        player = BagPlayer(listener.node, [m for m in messages if m.topic != ground_truth.TOPIC],
+                           rate, on_publish, max_gap_s=1.0)
+        listener.start()
+        try:
+            _wait_for_node(player, listener, None if node is None else node.proc, ref_topic,
+                           cfg.node.occupancy_topic)
+            duration = _play_and_collect(player, listener, wait_s)
+        except BaseException as e:
+            failure = e
+        finally:
+            listener.close()
+    problem = None if node is None else node.problem
+    if failure is not None:
         if problem:
-            e.add_note(problem)  # the first failure stays the error; the node's is added
-        raise
-    problem = close()
+            failure.add_note(problem)  # the first failure stays the error; the node's is added
+        raise failure
     if problem:
         raise RuntimeError(problem)
-    ordered = [frames[k] for k in sorted(frames)]
-    cell_distance = cell_distance_m(gt_info, reference_camera_xy(messages, ref_camera))
-    acc, missing = score(ordered, threshold, cell_distance)
-    lat = sorted(f.latency_s for f in ordered if f.latency_s is not None)
-    latency_ms = {} if not lat else {
-        "p50": 1e3 * statistics.median(lat), "p90": 1e3 * lat[int(0.9 * (len(lat) - 1))],
-        "p99": 1e3 * lat[int(0.99 * (len(lat) - 1))], "max": 1e3 * lat[-1]}
-    report = Report(ordered, acc.iou, acc.iou_unfiltered, acc.iou_by_distance(), acc.band_labels(),
-                    latency_ms, len(received) / duration, missing, diagnostics)
+    report = summarize(frames, messages, gt_info, cfg, len(listener.received), duration,
+                       listener.diagnostics)
     return report, messages
-
-
-def write_outputs(report: Report, messages: Sequence[Recorded], cfg: SimpleBevConfig,
-                  out: Path) -> list[Path]:
-    """out/demo.png (the frame with the most ground-truth vehicle cells), out/demo.gif (all
-    frames), out/report.json."""
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    best = max(report.frames, key=lambda f: int((f.gt == ground_truth.VEHICLE).sum()))
-    png, gif, js = out / "demo.png", out / "demo.gif", out / "report.json"
-
-    def picture(f: Frame, width: int) -> Image.Image:
-        return Image.fromarray(frame_mosaic(messages, f.stamp_ns, f.pred, f.gt,
-                                            cfg.input.cameras, cfg.node.camera_image_topic,
-                                            width))
-
-    picture(best, 1200).save(png)
-    pictures = [picture(f, 720) for f in report.frames]
-    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=500, loop=0)
-    js.write_text(json.dumps({
-        "iou": report.iou, "iou_unfiltered": report.iou_unfiltered,
-        "iou_by_band": dict(zip(report.band_labels, report.iou_by_band)),
-        "latency_ms": report.latency_ms, "throughput_hz": report.throughput_hz,
-        "frames": len(report.frames), "missing": report.missing,
-        "node": report.diagnostics}, indent=2))
-    return [png, gif, js]
 
 
 def build_parser() -> argparse.ArgumentParser:

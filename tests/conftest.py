@@ -31,3 +31,16 @@ def synthetic_dataroot(tmp_path_factory) -> tuple[Path, str]:
     dataroot = generate(tmp_path_factory.mktemp("synthetic_nuscenes"), preset="tiny", seed=0,
                         version=version)
     return Path(dataroot), version
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny shapes gain nothing from a second thread, and on a CPU shared with other work
+    torch's spinning threads make them many times slower: a module that uses this (pytestmark =
+    pytest.mark.usefixtures("one_thread")) runs on one torch thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,23 +6,14 @@ import torch
 from simplebev_core import load_config
 from simplebev_core.calibration import RigCalibration, from_matrices
 
+from .helpers import TINY as HELPERS_TINY
 from .rigs import nuscenes_like_rig
 
 RAW_HW = (90, 160)  # raw camera images; the network input is 48x80 (a non-uniform resize)
-TINY = {
-    "model.encoder_pretrained": False,
-    "model.latent_dim": 16,
-    "model.replk_blocks": 1,
-    "model.replk_kernel": 7,
-    "model.replk_small_kernel": 3,
-    "grid.x_range_m": [-8.0, 8.0],
-    "grid.y_range_m": [-2.0, 2.0],
-    "grid.z_range_m": [-8.0, 8.0],
-    "grid.centroid_m": [0.0, 0.0, 0.0],
-    "grid.voxels_zyx": [16, 2, 16],
-    "input.image_height": 48,  # the six nuScenes cameras (the default input.cameras)
-    "input.image_width": 80,
-}
+# The core tests' tiny model (helpers.TINY) with the six nuScenes cameras (the default
+# input.cameras) at 48x80.
+TINY = {**{k: v for k, v in HELPERS_TINY.items() if not k.startswith("input.")},
+        "input.image_height": 48, "input.image_width": 80}
 
 # Ego (x forward, y left, z up) from the front camera's optical frame (X right, Y down, Z
 # forward), the camera 1.5 m above the ego origin and 1 m ahead of it.

@@ -25,14 +25,8 @@ pytest.importorskip("onnxruntime", reason="the deploy extra (onnxruntime) is not
 PARITY = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes gain nothing from a second thread, and on a CPU shared with other work
-    torch's spinning threads make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny shapes gain nothing from a second thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from simplebev_core.checkpoint import (
     locate_run, prune_checkpoints, resolve_checkpoint, save_checkpoint,
 )
 
-from .test_model import TINY, tiny_inputs
+from .helpers import TINY, tiny_inputs
 
 
 def _model(seed: int, **extra):

@@ -16,7 +16,7 @@ from simplebev_core.encoders import REGISTRY, build_encoder, encoder_phase_px
 from simplebev_core.receptive_field import measure_phase
 from simplebev_core.replk import RepLKBlock, ReparamLargeKernelConv, reparameterize_model
 
-from .test_model import tiny_cfg, tiny_inputs
+from .helpers import randomize_batchnorm, tiny_cfg, tiny_inputs
 
 C = 16
 ENCODERS = ("res50", "effb0", "camencode", "camencode_replk", "res50_replk", "effb0_replk")
@@ -33,19 +33,6 @@ def small_config(encoder: str, **overrides) -> ModelConfig:
     cfg = ModelConfig(**fields)
     cfg.validate("model")
     return cfg
-
-
-def randomize_batchnorm(module: nn.Module, generator: torch.Generator) -> None:
-    """Give every BatchNorm non-trivial running stats and affine params, so that fusing them
-    into convs is actually exercised (fresh BN in eval mode is the identity)."""
-    with torch.no_grad():
-        for bn in module.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                n = bn.num_features
-                bn.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
-                bn.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                bn.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                bn.bias.copy_(torch.randn(n, generator=generator) * 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from simplebev_core.export import (CalibrationMismatchError, GatherLift, check_c
                                    example_inputs, export_onnx, main, model_hash, read_metadata)
 
 from .deploy_rigs import tiny_calibration, tiny_cfg
-from .test_encoders import randomize_batchnorm
+from .helpers import randomize_batchnorm
 
 ort = pytest.importorskip("onnxruntime", reason="the deploy extra (onnxruntime) is not installed")
 onnx = pytest.importorskip("onnx", reason="the deploy extra (onnx) is not installed")
@@ -33,14 +33,8 @@ ENCODERS = ("res101", "res50", "effb0", "camencode", "camencode_replk")
 PARITY = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes gain nothing from a second thread, and on a CPU shared with other work
-    torch's spinning threads make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny shapes gain nothing from a second thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def relative_difference(reference: torch.Tensor, other: np.ndarray) -> float:

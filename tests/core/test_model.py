@@ -9,44 +9,8 @@ from simplebev_core import build_model, load_config
 from simplebev_core.flip import FlipPlan, draw_flips
 from simplebev_core.geometry import apply_4x4, invert_rigid, project_to_pixels
 
+from .helpers import H, W, tiny_cfg, tiny_inputs
 from .rigs import nuscenes_like_rig
-
-TINY = {
-    "model.encoder_pretrained": False,
-    "model.latent_dim": 16,
-    "model.replk_blocks": 1,
-    "model.replk_kernel": 7,
-    "model.replk_small_kernel": 3,
-    "grid.x_range_m": [-8.0, 8.0],
-    "grid.y_range_m": [-2.0, 2.0],
-    "grid.z_range_m": [-8.0, 8.0],
-    "grid.centroid_m": [0.0, 0.0, 0.0],
-    "grid.voxels_zyx": [16, 2, 16],
-    "input.cameras": ["CAM_FRONT_LEFT", "CAM_FRONT"],
-    "input.image_height": 64,
-    "input.image_width": 96,
-}
-H, W = 64, 96
-
-
-def tiny_cfg(**extra):
-    return load_config(overrides={**TINY, **extra})
-
-
-def tiny_inputs(B: int = 2, S: int = 2, radar: str = "none", seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    pix, ref = nuscenes_like_rig(H, W, yaws_deg=(55.0, 0.0)[:S])
-    images = torch.rand(B, S, 3, H, W, generator=g)
-    pix_T_cams = pix[None].expand(B, -1, -1, -1).contiguous()
-    ref_T_cams = ref[None].expand(B, -1, -1, -1).contiguous()
-    radar_t = None
-    if radar == "occupancy":
-        radar_t = (torch.rand(B, 1, 16, 2, 16, generator=g) > 0.9).float()
-    elif radar == "meta":
-        radar_t = (torch.randn(B, 16, 16, 2, 16, generator=g)
-                   * (torch.rand(B, 1, 16, 2, 16, generator=g) > 0.9))
-    return images, pix_T_cams, ref_T_cams, radar_t
-
 
 @pytest.mark.parametrize("encoder", ["res101", "res50", "effb0", "camencode", "camencode_replk"])
 @pytest.mark.parametrize("radar", ["none", "occupancy", "meta"])

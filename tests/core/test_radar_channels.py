@@ -13,7 +13,7 @@ from simplebev_core.inference import blank_sample
 from simplebev_core.radar import radar_channels
 from simplebev_core.sample import RADAR_INPUT_CHANNELS
 
-from .test_model import tiny_cfg, tiny_inputs
+from .helpers import tiny_cfg, tiny_inputs
 
 # Written out here on purpose: the test states the facts the code must agree with.
 EXPECTED_CHANNELS = {"none": 0, "occupancy": 1, "meta": 16}

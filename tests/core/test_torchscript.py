@@ -14,7 +14,7 @@ from simplebev_core.inference import RunnerBuilder, blank_calibration
 from simplebev_core.torchscript import RTOL, TorchScriptError, check_frozen, freeze_segnet
 
 from .rigs import nuscenes_like_rig
-from .test_model import H, W, tiny_cfg, tiny_inputs
+from .helpers import H, W, tiny_cfg, tiny_inputs
 
 
 def eval_model(cfg, seed: int = 0) -> nn.Module:

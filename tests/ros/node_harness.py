@@ -4,7 +4,6 @@ rclpy peer that plays bag messages and collects the node's outputs."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import torch
 from simplebev_core.checkpoint import save_checkpoint
 from simplebev_core.config import load_config, write_params_file
 from simplebev_core.model import build_model
+from simplebev_ros.node_process import node_process, start_process, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"model.encoder": "effb0", "model.encoder_pretrained": False, "model.latent_dim": 16,
@@ -40,6 +40,12 @@ def tiny_model(directory: Path, **overrides: Any) -> tuple[Path, Path]:
 # The node loads, checks and freezes its model before it subscribes: about 1-17 s here, and
 # several times that on a machine busy with other work; a test waits this long for it.
 STARTUP_S = 120.0
+STOP_S = 20.0  # how long a node may take to stop after SIGINT
+
+
+def _popen() -> dict[str, Any]:
+    """How a node is started: from the repository, unbuffered, in this process' environment."""
+    return {"cwd": REPO, "env": dict(os.environ, PYTHONUNBUFFERED="1")}
 
 
 def node_command(params: Path, *extra: str) -> list[str]:
@@ -48,16 +54,21 @@ def node_command(params: Path, *extra: str) -> list[str]:
 
 
 def start_node(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return start_process(cmd, **_popen())
 
 
-def stop_node(proc: subprocess.Popen, timeout_s: float = 20.0) -> tuple[int, str]:
-    """SIGINT, as Ctrl-C; returns (exit code, everything it printed)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=timeout_s)
-    return proc.returncode, out
+def stop_node(proc: subprocess.Popen, timeout_s: float = STOP_S) -> tuple[int, str]:
+    """SIGINT, as Ctrl-C; returns (exit code, everything it printed). A node still running
+    timeout_s later is killed and subprocess.TimeoutExpired raised."""
+    code, out, killed = stop_process(proc, timeout_s)
+    if killed:
+        raise subprocess.TimeoutExpired(proc.args, timeout_s, output=out)
+    return code, out
+
+
+def diag_values(msg: Any) -> dict[str, str]:
+    """The key/values of the first status of a DiagnosticArray."""
+    return {kv.key: kv.value for kv in msg.status[0].values}
 
 
 class Peer:
@@ -140,14 +151,17 @@ def node_with_peer(cmd: list[str]) -> Iterator[NodeRun]:
     """The node started with `cmd` and a Peer in this process. Leaving the block closes the peer
     and stops the node with SIGINT (its exit code and output land on the NodeRun); a failure
     inside the block is re-raised with what the node printed beside it."""
-    run = NodeRun(start_node(cmd), Peer())
     failure = None
-    try:
-        yield run
-    except Exception as e:
-        failure = e
-    finally:
-        run.peer.close()
-        run.code, run.out = stop_node(run.proc)
+    with node_process(cmd, STOP_S, **_popen()) as node:
+        run = NodeRun(node.proc, Peer())
+        try:
+            yield run
+        except Exception as e:
+            failure = e
+        finally:
+            run.peer.close()
+    run.code, run.out = node.code, node.out
+    if node.killed:
+        raise subprocess.TimeoutExpired(cmd, STOP_S, output=node.out)
     if failure is not None:
         raise AssertionError(f"{failure!r}\n--- node output ---\n{run.out}") from failure

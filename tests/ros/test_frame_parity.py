@@ -5,7 +5,6 @@ PointCloud2) through the synchroniser, the TF buffer and the frame source, give 
 Sample tensors."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,56 +13,17 @@ pytest.importorskip("nuscenes", reason="the loader is built on the nuScenes devk
 
 from simplebev_core.config import RADAR_CHANNELS, load_config  # noqa: E402
 from simplebev_core.frame import assemble  # noqa: E402
-from simplebev_core.radar import NUSCENES_RADAR_FIELDS  # noqa: E402
 from simplebev_ros.stamps import stamp_to_ns  # noqa: E402
 from simplebev_ros.frame_source import FrameSource  # noqa: E402
 from simplebev_ros.sync import CameraSync  # noqa: E402
 from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402
-from training import bag_messages as bm  # noqa: E402
 from training.nuscenes_data import NuScenesBev  # noqa: E402
-from training.radar_io import read_radar_pcd  # noqa: E402
+
+from .scene_messages import scene_messages  # noqa: E402
 
 OVERRIDES = {"grid.voxels_zyx": [100, 4, 100], "input.image_height": 112, "input.image_width": 200,
              "model.pixel_convention": "exact", "model.radar": "meta", "model.encoder": "effb0",
              "model.encoder_pretrained": False, "data.radar_sweeps": 3}
-RADAR_DTYPE = np.dtype([(f, "<f4") for f in NUSCENES_RADAR_FIELDS])
-
-
-def scene_messages(nusc, dataroot, sample_token):
-    """All messages a bag of the sample's scene would hold for it: (tf_static, tf list,
-    camera_info per channel, image per channel, radar clouds per channel in time order)."""
-    sample = nusc.get("sample", sample_token)
-    scene_token = sample["scene_token"]
-    static, dynamic, radar = [], [], {c: [] for c in RADAR_CHANNELS}
-    for sd in nusc.sample_data:
-        if nusc.get("sample", sd["sample_token"])["scene_token"] != scene_token:
-            continue
-        channel = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["sensor_token"]
-        channel = nusc.get("sensor", channel)["channel"]
-        stamp_ns = int(sd["timestamp"]) * 1000
-        dynamic.append(bm.ego_pose_tf(nusc.get("ego_pose", sd["ego_pose_token"]), stamp_ns))
-        calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        static.append(bm.sensor_tf(calib, channel))
-        if channel in radar:
-            points = read_radar_pcd(dataroot / sd["filename"])
-            cloud = np.zeros(len(points), RADAR_DTYPE)
-            for i, f in enumerate(NUSCENES_RADAR_FIELDS):
-                cloud[f] = points[:, i]
-            radar[channel].append(bm.point_cloud(cloud, channel, stamp_ns))
-    infos, images = {}, {}
-    for channel, sd_token in sample["data"].items():
-        sd = nusc.get("sample_data", sd_token)
-        if sd["sensor_modality"] != "camera":
-            continue
-        calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        stamp_ns = int(sd["timestamp"]) * 1000
-        infos[channel] = bm.camera_info(calib["camera_intrinsic"], sd["width"], sd["height"],
-                                        channel, stamp_ns)
-        images[channel] = bm.compressed_image((dataroot / sd["filename"]).read_bytes(), channel,
-                                              stamp_ns)
-    for clouds in radar.values():
-        clouds.sort(key=lambda m: stamp_to_ns(m.header.stamp))
-    return bm.tf_message(static), dynamic, infos, images, radar
 
 
 @pytest.mark.parametrize("camera_poses", ["capture_time", "static"])

@@ -31,7 +31,7 @@ from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402
 from training.nuscenes_data import NuScenesBev  # noqa: E402
 
 from .node_harness import TINY  # noqa: E402
-from .test_frame_parity import scene_messages  # noqa: E402
+from .scene_messages import scene_messages  # noqa: E402
 
 MIN_EXCLUSIVE_CELLS = 100  # of the 50 x 50 grid (each camera owns ~300-450 on this rig)
 

@@ -24,7 +24,7 @@ from simplebev_ros.replay import BagPlayer, Recorded, read_bag  # noqa: E402
 from .input_streams import (MS, ORDERS, S, CameraSet, camera_sets, decode,  # noqa: E402
                             encode, nan_translation, set_stream, shifted, zero_quaternion)
 from .node_harness import STARTUP_S, node_command, node_with_peer, tiny_model  # noqa: E402
-from .test_node import diag_values  # noqa: E402
+from .node_harness import diag_values  # noqa: E402
 
 SET_GAP_NS = 1500 * MS  # wall time between sets: a loaded 2-core machine keeps up
 # Longer than the tests' 100 ms TF lag, so a loaded CI machine never lets a set wait out.

@@ -22,7 +22,7 @@ from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402
 from training.nuscenes_data import NuScenesBev  # noqa: E402
 
 from .node_harness import TINY  # noqa: E402
-from .test_frame_parity import scene_messages  # noqa: E402
+from .scene_messages import scene_messages  # noqa: E402
 
 
 def run_pipeline(cfg, model, dataroot, version, token) -> object:

@@ -93,46 +93,53 @@ def _person(p: Parts, x: float, w: float, h: float, z0: float, rng: np.random.Ge
     return tuple(shirt)
 
 
-def build_parts(category: str, wlh: tuple[float, float, float], rng: np.random.Generator,
-                with_rider: bool = True) -> tuple[Parts, tuple[float, float, float]]:
-    """Parts of an annotated object of nuScenes `category` and size (w, l, h); returns the parts
-    and the object's dominant colour (used by tests to recognise it in the images)."""
-    w, length, h = wlh
-    p = Parts()
-    if category == "vehicle.car":
-        paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
-        _shadow(p, length, w)
-        p.add((0.0, 0.0, 0.2), (length - 0.6, w - 0.3, 0.2), UNDERBODY)
-        _wheels(p, length, w, [length / 2 - 0.85, -length / 2 + 0.8])
-        body_top = 0.6 * h
-        p.add((0.0, 0.0, (0.3 + body_top) / 2), (length, w - 0.08, body_top - 0.3), paint)
-        cabin_l = 0.52 * length
-        p.add((-0.06 * length, 0.0, (body_top + h) / 2), (cabin_l, 0.86 * w, h - body_top), paint,
-              faces=_sides(GLASS))
-        return p, tuple(paint)
-    if category == "vehicle.truck":
-        paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
-        cargo = ((0.92, 0.92, 0.9) if rng.random() < 0.5
-                 else CAR_PAINT[rng.integers(len(CAR_PAINT))])
-        _shadow(p, length, w)
-        _wheels(p, length, w, [length / 2 - 1.0, -length / 2 + 1.6, -length / 2 + 0.7],
-                radius=0.48, width=0.3)
-        cab_l = 2.2
-        p.add((length / 2 - cab_l / 2, 0.0, 0.45 + (0.8 * h - 0.45) / 2),
-              (cab_l, w - 0.05, 0.8 * h - 0.45), paint,
-              tex=TEX_BAND, tex_rgb=GLASS, tex_param=(0.62, 0.92))
-        p.add((-cab_l / 2 - 0.05, 0.0, 0.55 + (h - 0.55) / 2),
-              (length - cab_l - 0.1, w, h - 0.55), cargo)
-        return p, tuple(paint)
-    if category == "vehicle.bus.rigid":
-        paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
-        _shadow(p, length, w)
-        _wheels(p, length, w, [length / 2 - 2.2, -length / 2 + 2.5], radius=0.5, width=0.3)
-        p.add((0.0, 0.0, 0.4 + (h - 0.4) / 2), (length, w - 0.04, h - 0.4), paint,
-              tex=TEX_BAND, tex_rgb=GLASS, tex_param=(0.45, 0.85))
-        return p, tuple(paint)
-    if category in ("vehicle.motorcycle", "vehicle.bicycle"):
-        moto = category == "vehicle.motorcycle"
+_Shape = tuple[Parts, tuple[float, float, float]]
+
+
+def _car(p: Parts, w: float, length: float, h: float, rng: np.random.Generator,
+         with_rider: bool) -> tuple[float, float, float]:
+    paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
+    _shadow(p, length, w)
+    p.add((0.0, 0.0, 0.2), (length - 0.6, w - 0.3, 0.2), UNDERBODY)
+    _wheels(p, length, w, [length / 2 - 0.85, -length / 2 + 0.8])
+    body_top = 0.6 * h
+    p.add((0.0, 0.0, (0.3 + body_top) / 2), (length, w - 0.08, body_top - 0.3), paint)
+    cabin_l = 0.52 * length
+    p.add((-0.06 * length, 0.0, (body_top + h) / 2), (cabin_l, 0.86 * w, h - body_top), paint,
+          faces=_sides(GLASS))
+    return tuple(paint)
+
+
+def _truck(p: Parts, w: float, length: float, h: float, rng: np.random.Generator,
+           with_rider: bool) -> tuple[float, float, float]:
+    paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
+    cargo = ((0.92, 0.92, 0.9) if rng.random() < 0.5
+             else CAR_PAINT[rng.integers(len(CAR_PAINT))])
+    _shadow(p, length, w)
+    _wheels(p, length, w, [length / 2 - 1.0, -length / 2 + 1.6, -length / 2 + 0.7],
+            radius=0.48, width=0.3)
+    cab_l = 2.2
+    p.add((length / 2 - cab_l / 2, 0.0, 0.45 + (0.8 * h - 0.45) / 2),
+          (cab_l, w - 0.05, 0.8 * h - 0.45), paint,
+          tex=TEX_BAND, tex_rgb=GLASS, tex_param=(0.62, 0.92))
+    p.add((-cab_l / 2 - 0.05, 0.0, 0.55 + (h - 0.55) / 2),
+          (length - cab_l - 0.1, w, h - 0.55), cargo)
+    return tuple(paint)
+
+
+def _bus(p: Parts, w: float, length: float, h: float, rng: np.random.Generator,
+         with_rider: bool) -> tuple[float, float, float]:
+    paint = CAR_PAINT[rng.integers(len(CAR_PAINT))]
+    _shadow(p, length, w)
+    _wheels(p, length, w, [length / 2 - 2.2, -length / 2 + 2.5], radius=0.5, width=0.3)
+    p.add((0.0, 0.0, 0.4 + (h - 0.4) / 2), (length, w - 0.04, h - 0.4), paint,
+          tex=TEX_BAND, tex_rgb=GLASS, tex_param=(0.45, 0.85))
+    return tuple(paint)
+
+
+def _two_wheeler(moto: bool):
+    def build(p: Parts, w: float, length: float, h: float, rng: np.random.Generator,
+              with_rider: bool) -> tuple[float, float, float]:
         paint = CAR_PAINT[rng.integers(len(CAR_PAINT))] if moto else np.array((0.2, 0.2, 0.22))
         r = 0.32 if moto else 0.34
         for x in (length / 2 - r, -length / 2 + r):
@@ -144,23 +151,56 @@ def build_parts(category: str, wlh: tuple[float, float, float], rng: np.random.G
         if with_rider:
             seat = 0.8 if moto else 0.85
             _person(p, -0.1, min(w, 0.55), h - seat, seat, rng, legs=False)
-        return p, tuple(paint)
-    if category == "human.pedestrian.adult":
-        shirt = _person(p, 0.0, w, h, 0.0, rng)
-        return p, shirt
-    if category == "movable_object.barrier":
-        striped = rng.random() < 0.5
-        base = (0.85, 0.15, 0.1) if striped else (0.78, 0.78, 0.74)
-        p.add((0.0, 0.0, h / 2), (length, w, h), base, tex=TEX_STRIPES if striped else TEX_PLAIN,
-              tex_rgb=(0.95, 0.95, 0.95), tex_param=(0.5, 0.0))
-        return p, tuple(base)
-    if category == "movable_object.trafficcone":
-        orange = (0.95, 0.4, 0.05)
-        p.add((0.0, 0.0, 0.025), (length, w, 0.05), orange)
-        p.add((0.0, 0.0, 0.05 + (h - 0.05) / 2), (0.45 * length, 0.45 * w, h - 0.05), orange,
-              tex=TEX_BAND, tex_rgb=(0.95, 0.95, 0.95), tex_param=(0.5, 0.7))
-        return p, orange
-    raise ValueError(f"no shape for category {category!r}")
+        return tuple(paint)
+    return build
+
+
+def _pedestrian(p: Parts, w: float, length: float, h: float, rng: np.random.Generator,
+                with_rider: bool) -> tuple[float, float, float]:
+    return _person(p, 0.0, w, h, 0.0, rng)
+
+
+def _barrier(p: Parts, w: float, length: float, h: float, rng: np.random.Generator,
+             with_rider: bool) -> tuple[float, float, float]:
+    striped = rng.random() < 0.5
+    base = (0.85, 0.15, 0.1) if striped else (0.78, 0.78, 0.74)
+    p.add((0.0, 0.0, h / 2), (length, w, h), base, tex=TEX_STRIPES if striped else TEX_PLAIN,
+          tex_rgb=(0.95, 0.95, 0.95), tex_param=(0.5, 0.0))
+    return tuple(base)
+
+
+def _trafficcone(p: Parts, w: float, length: float, h: float, rng: np.random.Generator,
+                 with_rider: bool) -> tuple[float, float, float]:
+    orange = (0.95, 0.4, 0.05)
+    p.add((0.0, 0.0, 0.025), (length, w, 0.05), orange)
+    p.add((0.0, 0.0, 0.05 + (h - 0.05) / 2), (0.45 * length, 0.45 * w, h - 0.05), orange,
+          tex=TEX_BAND, tex_rgb=(0.95, 0.95, 0.95), tex_param=(0.5, 0.7))
+    return orange
+
+
+_SHAPES = {
+    "vehicle.car": _car,
+    "vehicle.truck": _truck,
+    "vehicle.bus.rigid": _bus,
+    "vehicle.motorcycle": _two_wheeler(True),
+    "vehicle.bicycle": _two_wheeler(False),
+    "human.pedestrian.adult": _pedestrian,
+    "movable_object.barrier": _barrier,
+    "movable_object.trafficcone": _trafficcone,
+}
+
+
+def build_parts(category: str, wlh: tuple[float, float, float], rng: np.random.Generator,
+                with_rider: bool = True) -> _Shape:
+    """Parts of an annotated object of nuScenes `category` and size (w, l, h); returns the parts
+    and the object's dominant colour (used by tests to recognise it in the images)."""
+    shape = _SHAPES.get(category)
+    if shape is None:
+        raise ValueError(f"no shape for category {category!r}")
+    w, length, h = wlh
+    p = Parts()
+    colour = shape(p, w, length, h, rng, with_rider)
+    return p, colour
 
 
 def build_clutter(kind: str, size_lwh: tuple[float, float, float],

@@ -59,15 +59,11 @@ def _radial(v_xy: np.ndarray, r_hat: np.ndarray) -> np.ndarray:
     return (v_xy * r_hat).sum(-1, keepdims=True) * r_hat
 
 
-def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: np.ndarray,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One radar sweep. Returns (points: structured PCD_DTYPE array in the radar frame,
-    agent index per point (-1 for scenery and ghosts))."""
-    origin = world_T_radar[:3, 3]
-    radar_T_world = np.linalg.inv(world_T_radar)
+def _return_counts(objects: RadarObjects, origin: np.ndarray, heading: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Which objects the beam sees, and how many returns each gives; returns (counts, dist)."""
     rel = objects.center[:, :2] - origin[:2]
     dist = np.linalg.norm(rel, axis=-1)
-    heading = np.arctan2(world_T_radar[1, 0], world_T_radar[0, 0])
     bearing = np.angle(np.exp(1j * (np.arctan2(rel[:, 1], rel[:, 0]) - heading)))
     ang_size = np.arctan2(np.linalg.norm(objects.half[:, :2], axis=-1), np.maximum(dist, 1e-3))
     # Objects must span the beam's height (the radar is 2D, at bumper height).
@@ -77,7 +73,14 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
             & (np.abs(bearing) < np.deg2rad(RADAR_HALF_FOV_DEG) + ang_size))
     counts = np.zeros(len(dist), np.int64)
     counts[seen] = rng.poisson(objects.returns[seen] * np.clip(20.0 / dist[seen], 0.4, 2.0))
+    return counts, dist
 
+
+def _object_returns(objects: RadarObjects, origin: np.ndarray, heading: float,
+                    counts: np.ndarray, dist: np.ndarray,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns on the objects' faces, inside the field of view and in line of sight; returns
+    (points xy, agent owner, object index)."""
     points_xy, owners, obj_index = [], [], []
     for i in np.nonzero(counts)[0]:
         c, s = np.cos(objects.yaw[i]), np.sin(objects.yaw[i])
@@ -102,19 +105,54 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
         points_xy.append(objects.center[i, :2] + local @ np.array([[c, s], [-s, c]]))
         owners.append(np.full(counts[i], objects.agent[i]))
         obj_index.append(np.full(counts[i], i))
-    if points_xy:
-        p_xy, owner, obj = (np.concatenate(points_xy), np.concatenate(owners),
-                            np.concatenate(obj_index))
-        # Large objects straddle the edge of the field of view / range: keep only returns
-        # inside it.
-        ray = p_xy - origin[:2]
-        point_bearing = np.angle(np.exp(1j * (np.arctan2(ray[:, 1], ray[:, 0]) - heading)))
-        in_view = ((np.linalg.norm(ray, axis=-1) < RADAR_MAX_RANGE_M)
-                   & (np.abs(point_bearing) < np.deg2rad(RADAR_HALF_FOV_DEG)))
-        keep = in_view & _line_of_sight(origin, p_xy, obj, objects)
-        p_xy, owner, obj = p_xy[keep], owner[keep], obj[keep]
-    else:
-        p_xy, owner, obj = np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if not points_xy:
+        return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    p_xy, owner, obj = (np.concatenate(points_xy), np.concatenate(owners),
+                        np.concatenate(obj_index))
+    # Large objects straddle the edge of the field of view / range: keep only returns inside it.
+    ray = p_xy - origin[:2]
+    point_bearing = np.angle(np.exp(1j * (np.arctan2(ray[:, 1], ray[:, 0]) - heading)))
+    in_view = ((np.linalg.norm(ray, axis=-1) < RADAR_MAX_RANGE_M)
+               & (np.abs(point_bearing) < np.deg2rad(RADAR_HALF_FOV_DEG)))
+    keep = in_view & _line_of_sight(origin, p_xy, obj, objects)
+    return p_xy[keep], owner[keep], obj[keep]
+
+
+def _cluster_states(out: np.ndarray, velocity: np.ndarray, r_hat: np.ndarray,
+                    moving: np.ndarray, n_real: int, n_ghosts: int,
+                    rng: np.random.Generator) -> None:
+    """Cluster states. Real returns: mostly valid and unambiguous; ghosts: invalid or
+    ambiguous. Fills them (and the rms fields) into `out`."""
+    n = len(out)
+    radial_speed = np.abs((velocity * r_hat).sum(-1))
+    speed = np.linalg.norm(velocity, axis=-1)
+    oncoming = (velocity * r_hat).sum(-1) < -0.5 * np.maximum(speed, 1e-6)
+    crossing = radial_speed < 0.3 * speed
+    dyn = np.where(speed[:n_real] > 0.5,
+                   np.where(crossing[:n_real], 6, np.where(oncoming[:n_real], 2, 0)),
+                   rng.choice([1, 1, 1, 1, 3, 5], n_real))
+    out["dyn_prop"] = np.concatenate([dyn, rng.choice([4, 3, 1], n_ghosts)])
+    invalid = rng.choice([0, 4, 8, 9, 16, 1], n_real, p=[0.88, 0.03, 0.02, 0.01, 0.01, 0.05])
+    out["invalid_state"] = np.concatenate([
+        invalid, rng.choice([0, 1, 2, 6, 14], n_ghosts, p=[0.2, 0.3, 0.2, 0.2, 0.1])])
+    ambig = np.where(moving, 3, rng.choice([3, 3, 3, 4], n_real))
+    ambig = np.where(rng.random(n_real) < 0.04, rng.choice([1, 2], n_real), ambig)
+    out["ambig_state"] = np.concatenate([ambig, rng.choice([1, 2, 0], n_ghosts)])
+    out["pdh0"] = np.concatenate([rng.choice([1, 1, 1, 2], n_real),
+                                  rng.choice([3, 4, 5, 6, 7], n_ghosts)])
+    out["x_rms"], out["y_rms"] = rng.integers(3, 22, n), rng.integers(3, 22, n)
+    out["vx_rms"], out["vy_rms"] = rng.integers(15, 20, n), rng.integers(15, 20, n)
+
+
+def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: np.ndarray,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One radar sweep. Returns (points: structured PCD_DTYPE array in the radar frame,
+    agent index per point (-1 for scenery and ghosts))."""
+    origin = world_T_radar[:3, 3]
+    radar_T_world = np.linalg.inv(world_T_radar)
+    heading = np.arctan2(world_T_radar[1, 0], world_T_radar[0, 0])
+    counts, dist = _return_counts(objects, origin, heading, rng)
+    p_xy, owner, obj = _object_returns(objects, origin, heading, counts, dist, rng)
     velocity = objects.velocity[obj]
     moving = np.linalg.norm(velocity, axis=-1) > 0.5
 
@@ -139,26 +177,7 @@ def sweep(objects: RadarObjects, world_T_radar: np.ndarray, sensor_velocity_xy: 
                   + rng.normal(0, 3, n))
     out["id"] = np.arange(n)
     out["is_quality_valid"] = 1
-
-    # Cluster states. Real returns: mostly valid and unambiguous; ghosts: invalid or ambiguous.
-    radial_speed = np.abs((velocity * r_hat).sum(-1))
-    speed = np.linalg.norm(velocity, axis=-1)
-    oncoming = (velocity * r_hat).sum(-1) < -0.5 * np.maximum(speed, 1e-6)
-    crossing = radial_speed < 0.3 * speed
-    dyn = np.where(speed[:n_real] > 0.5,
-                   np.where(crossing[:n_real], 6, np.where(oncoming[:n_real], 2, 0)),
-                   rng.choice([1, 1, 1, 1, 3, 5], n_real))
-    out["dyn_prop"] = np.concatenate([dyn, rng.choice([4, 3, 1], len(ghosts))])
-    invalid = rng.choice([0, 4, 8, 9, 16, 1], n_real, p=[0.88, 0.03, 0.02, 0.01, 0.01, 0.05])
-    out["invalid_state"] = np.concatenate([
-        invalid, rng.choice([0, 1, 2, 6, 14], len(ghosts), p=[0.2, 0.3, 0.2, 0.2, 0.1])])
-    ambig = np.where(moving, 3, rng.choice([3, 3, 3, 4], n_real))
-    ambig = np.where(rng.random(n_real) < 0.04, rng.choice([1, 2], n_real), ambig)
-    out["ambig_state"] = np.concatenate([ambig, rng.choice([1, 2, 0], len(ghosts))])
-    out["pdh0"] = np.concatenate([rng.choice([1, 1, 1, 2], n_real),
-                                  rng.choice([3, 4, 5, 6, 7], len(ghosts))])
-    out["x_rms"], out["y_rms"] = rng.integers(3, 22, n), rng.integers(3, 22, n)
-    out["vx_rms"], out["vy_rms"] = rng.integers(15, 20, n), rng.integers(15, 20, n)
+    _cluster_states(out, velocity, r_hat, moving, n_real, len(ghosts), rng)
     return out, owner
 
 

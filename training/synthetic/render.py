@@ -151,13 +151,20 @@ class CameraRender:
     unoccluded_px: np.ndarray  # (A,) pixels each agent would cover with nothing else drawn
 
 
-def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.ndarray,
-                  cam: CameraModel, rays_cam: np.ndarray,
-                  exposure_rng: np.random.Generator) -> CameraRender:
-    """Render one camera image of `boxes` (and the ground of `world`) seen from world_T_cam."""
-    h, w = rays_cam.shape[:2]
-    R, origin = world_T_cam[:3, :3], world_T_cam[:3, 3]
-    dirs = (rays_cam.reshape(-1, 3) @ R.T.astype(np.float32)).reshape(h, w, 3)
+@dataclass
+class _Canvas:
+    """The per-pixel buffers render_camera draws into."""
+
+    dirs: np.ndarray      # (h, w, 3) world-frame ray directions
+    depth: np.ndarray     # (h, w) nearest surface distance
+    colour: np.ndarray    # (h, w, 3) linear colour
+    owner: np.ndarray     # (h, w) agent index, SCENERY or GROUND
+    shadowed: np.ndarray  # (h, w) under a contact-shadow decal
+
+
+def _ground_and_sky(world: World, dirs: np.ndarray, origin: np.ndarray) -> _Canvas:
+    """The analytic ground plane and the sky, before any box is drawn."""
+    h, w = dirs.shape[:2]
     # Ground plane: t = -z0 / dz for downward rays.
     dz = dirs[..., 2]
     with np.errstate(divide="ignore"):
@@ -170,10 +177,14 @@ def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.
     colour[on_ground] = ground_colour(world, g_xy)
     elevation = np.clip(dz[~on_ground], 0, 1)[:, None]
     colour[~on_ground] = HAZE + (SKY_ZENITH - HAZE) * np.sqrt(elevation)
-    owner = np.full((h, w), GROUND, np.int32)
-    shadowed = np.zeros((h, w), bool)
+    return _Canvas(dirs=dirs, depth=depth, colour=colour,
+                   owner=np.full((h, w), GROUND, np.int32), shadowed=np.zeros((h, w), bool))
 
-    # Cull boxes by range and view, then get each one's projected pixel rectangle.
+
+def _cull_and_project(world: World, boxes: BoxArray, world_T_cam: np.ndarray,
+                      cam: CameraModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cull boxes by range and view, then get each one's projected corners; returns (kept box
+    indices, corners behind the near plane (K, 8), corner pixels (K, 8, 2), face shade (K, 6))."""
     cam_T_world = np.linalg.inv(world_T_cam)
     centers_cam = boxes.center @ cam_T_world[:3, :3].T + cam_T_world[:3, 3]
     radius = np.linalg.norm(boxes.half, axis=-1)
@@ -196,58 +207,90 @@ def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.
              if len(idx) else np.zeros((0, 6)))
     shade = AMBIENT + DIFFUSE * light  # (K, 6)
     shade[:, 4] += 0.1  # open sky above: roofs get extra skylight
-    covered: dict[int, list[np.ndarray]] = {}
+    return idx, near_plane, uv, shade
 
-    # Decals (contact shadows) first, so they only darken the ground drawn before objects.
-    order = np.concatenate([np.nonzero(boxes.decal[idx])[0], np.nonzero(~boxes.decal[idx])[0]])
-    for k in order:
-        i = idx[k]
-        if near_plane[k].all():
-            continue
-        if near_plane[k].any():  # straddles the camera plane: test the whole image
-            u0, v0, u1, v1 = 0, 0, w, h
-        else:
-            u0, v0 = np.floor(uv[k].min(0)).astype(int)
-            u1, v1 = np.ceil(uv[k].max(0)).astype(int) + 1
-            u0, v0, u1, v1 = max(u0, 0), max(v0, 0), min(u1, w), min(v1, h)
-        if u0 >= u1 or v0 >= v1:
-            continue
-        rect_dirs = dirs[v0:v1, u0:u1].reshape(-1, 3)
-        o_box = to_box_frame(origin, boxes.center[i], boxes.yaw[i])
-        d_box = to_box_frame(rect_dirs, boxes.center[i], boxes.yaw[i], is_direction=True)
-        hit, t, face = slab_hits(o_box, d_box, boxes.half[i].astype(np.float32))
-        rect_depth = depth[v0:v1, u0:u1].reshape(-1)
-        win = hit & (t < rect_depth)
-        rows, cols = np.divmod(np.nonzero(win)[0], u1 - u0)
-        rows, cols = rows + v0, cols + u0
-        if boxes.decal[i]:
-            shadowed[rows, cols] = True
-            continue
-        if boxes.owner[i] >= 0:
-            all_rows, all_cols = np.divmod(np.nonzero(hit)[0], u1 - u0)
-            covered.setdefault(int(boxes.owner[i]), []).append((all_rows + v0) * w + all_cols + u0)
-        if not win.any():
-            continue
-        f = face[win]
-        px_colour = boxes.face_rgb[i][f].astype(np.float32)
-        if boxes.tex[i]:
-            p_box = o_box + t[win, None] * d_box[win]
-            px_colour = _texture(px_colour, boxes, i, p_box, f)
-        colour[rows, cols] = px_colour * shade[k][f][:, None]
-        depth[rows, cols] = t[win]
-        owner[rows, cols] = boxes.owner[i] if boxes.owner[i] >= 0 else SCENERY
 
-    colour[shadowed & (owner == GROUND)] *= 0.45
+def _draw_box(canvas: _Canvas, boxes: BoxArray, i: int, origin: np.ndarray,
+              rect: tuple[int, int, int, int], shade: np.ndarray,
+              covered: dict[int, list[np.ndarray]]) -> None:
+    """Ray-test box i against the pixel rectangle `rect` and draw its nearer pixels."""
+    u0, v0, u1, v1 = rect
+    w = canvas.depth.shape[1]
+    rect_dirs = canvas.dirs[v0:v1, u0:u1].reshape(-1, 3)
+    o_box = to_box_frame(origin, boxes.center[i], boxes.yaw[i])
+    d_box = to_box_frame(rect_dirs, boxes.center[i], boxes.yaw[i], is_direction=True)
+    hit, t, face = slab_hits(o_box, d_box, boxes.half[i].astype(np.float32))
+    rect_depth = canvas.depth[v0:v1, u0:u1].reshape(-1)
+    win = hit & (t < rect_depth)
+    rows, cols = np.divmod(np.nonzero(win)[0], u1 - u0)
+    rows, cols = rows + v0, cols + u0
+    if boxes.decal[i]:
+        canvas.shadowed[rows, cols] = True
+        return
+    if boxes.owner[i] >= 0:
+        all_rows, all_cols = np.divmod(np.nonzero(hit)[0], u1 - u0)
+        covered.setdefault(int(boxes.owner[i]), []).append((all_rows + v0) * w + all_cols + u0)
+    if not win.any():
+        return
+    f = face[win]
+    px_colour = boxes.face_rgb[i][f].astype(np.float32)
+    if boxes.tex[i]:
+        p_box = o_box + t[win, None] * d_box[win]
+        px_colour = _texture(px_colour, boxes, i, p_box, f)
+    canvas.colour[rows, cols] = px_colour * shade[f][:, None]
+    canvas.depth[rows, cols] = t[win]
+    canvas.owner[rows, cols] = boxes.owner[i] if boxes.owner[i] >= 0 else SCENERY
+
+
+def _box_rect(uv: np.ndarray, near_plane: np.ndarray, h: int,
+              w: int) -> tuple[int, int, int, int] | None:
+    """The pixel rectangle a box's projected corners cover, or None when it covers none."""
+    if near_plane.all():
+        return None
+    if near_plane.any():  # straddles the camera plane: test the whole image
+        u0, v0, u1, v1 = 0, 0, w, h
+    else:
+        u0, v0 = np.floor(uv.min(0)).astype(int)
+        u1, v1 = np.ceil(uv.max(0)).astype(int) + 1
+        u0, v0, u1, v1 = max(u0, 0), max(v0, 0), min(u1, w), min(v1, h)
+    if u0 >= u1 or v0 >= v1:
+        return None
+    return u0, v0, u1, v1
+
+
+def _shadows_and_fog(canvas: _Canvas) -> None:
+    colour, depth = canvas.colour, canvas.depth
+    colour[canvas.shadowed & (canvas.owner == GROUND)] *= 0.45
     # Aerial perspective: distant surfaces fade towards the horizon colour.
     finite = np.isfinite(depth)
     fog = 1.0 - np.exp(-depth[finite] / 350.0)
     colour[finite] = colour[finite] * (1 - fog[:, None]) + HAZE * fog[:, None]
 
+
+def render_camera(world: World, boxes: BoxArray, n_agents: int, world_T_cam: np.ndarray,
+                  cam: CameraModel, rays_cam: np.ndarray,
+                  exposure_rng: np.random.Generator) -> CameraRender:
+    """Render one camera image of `boxes` (and the ground of `world`) seen from world_T_cam."""
+    h, w = rays_cam.shape[:2]
+    R, origin = world_T_cam[:3, :3], world_T_cam[:3, 3]
+    dirs = (rays_cam.reshape(-1, 3) @ R.T.astype(np.float32)).reshape(h, w, 3)
+    canvas = _ground_and_sky(world, dirs, origin)
+    idx, near_plane, uv, shade = _cull_and_project(world, boxes, world_T_cam, cam)
+    covered: dict[int, list[np.ndarray]] = {}
+    # Decals (contact shadows) first, so they only darken the ground drawn before objects.
+    order = np.concatenate([np.nonzero(boxes.decal[idx])[0], np.nonzero(~boxes.decal[idx])[0]])
+    for k in order:
+        rect = _box_rect(uv[k], near_plane[k], h, w)
+        if rect is not None:
+            _draw_box(canvas, boxes, idx[k], origin, rect, shade[k], covered)
+    _shadows_and_fog(canvas)
+
+    owner = canvas.owner
     visible = np.bincount(owner[owner >= 0].ravel(), minlength=n_agents)[:n_agents]
     unoccluded = np.zeros(n_agents, np.int64)
     for agent, flat in covered.items():
         unoccluded[agent] = len(np.unique(np.concatenate(flat)))
-    image = _expose(colour, exposure_rng)
+    image = _expose(canvas.colour, exposure_rng)
     return CameraRender(image_bgr=image, owner=owner, visible_px=visible, unoccluded_px=unoccluded)
 
 

@@ -267,9 +267,25 @@ class _Builder:
         return arrays
 
 
-def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) -> World:
-    """Draw one scene's world. The ego drives along the main road for duration_s seconds."""
-    b = _Builder(rng)
+@dataclass(frozen=True)
+class _Layout:
+    """What every section of sample_world shares: the roads, the ego and the s range."""
+
+    road: Road
+    cross: CrossStreet
+    s_cross: float
+    ego: LaneMotion
+    ego_speed: float
+    ego_lane: float
+    s_lo: float
+    s_hi: float
+
+    def near_cross(self, s: float, margin: float) -> bool:
+        return abs(s - self.s_cross) < CROSS_HALF + margin
+
+
+def _sample_layout(rng: np.random.Generator, duration_s: float) -> _Layout:
+    """The main road, the ego's lane and speed, and the cross street."""
     curvature = (0.0 if rng.random() < 0.4
                  else float(rng.choice([-1, 1]) / rng.uniform(250.0, 600.0)))
     # Keep global coordinates positive and modest (the map mask starts at the global origin).
@@ -285,85 +301,107 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
     cross = CrossStreet(origin_xy=xy_c[0],
                         along=np.array([-np.sin(heading_c[0]), np.cos(heading_c[0])]),
                         lateral=np.array([np.cos(heading_c[0]), np.sin(heading_c[0])]))
+    return _Layout(road=road, cross=cross, s_cross=s_cross, ego=ego, ego_speed=ego_speed,
+                   ego_lane=ego_lane, s_lo=s_lo, s_hi=s_hi)
 
-    def near_cross(s: float, margin: float) -> bool:
-        return abs(s - s_cross) < CROSS_HALF + margin
 
-    # Traffic lanes: one speed per lane (vehicles in a lane never collide); the ego's lane moves
-    # with the ego, and leaves a gap around it.
+def _add_traffic(b: _Builder, rng: np.random.Generator, cfg: SynthConfig, lay: _Layout,
+                 duration_s: float) -> None:
+    """Traffic lanes: one speed per lane (vehicles in a lane never collide); the ego's lane
+    moves with the ego, and leaves a gap around it."""
     for d, direction in LANES:
-        speed = ego_speed if d == ego_lane else (0.0 if rng.random() < 0.1
-                                                 else float(rng.uniform(3.0, 13.0)))
+        speed = lay.ego_speed if d == lay.ego_lane else (0.0 if rng.random() < 0.1
+                                                         else float(rng.uniform(3.0, 13.0)))
         span = speed * duration_s
-        s = s_lo - span + rng.uniform(0, 10)
-        while s < s_hi + span:
+        s = lay.s_lo - span + rng.uniform(0, 10)
+        while s < lay.s_hi + span:
             category = _pick(LANE_MIX, rng)
             wlh = _size(category, rng)
             length = wlh[1]
             centre = s + length / 2
-            if not (d == ego_lane and abs(centre - 1.3) < length / 2 + 6.0):
-                motion = LaneMotion(road, centre, d + float(rng.normal(0, 0.15)), direction, speed)
+            if not (d == lay.ego_lane and abs(centre - 1.3) < length / 2 + 6.0):
+                motion = LaneMotion(lay.road, centre, d + float(rng.normal(0, 0.15)), direction,
+                                    speed)
                 b.agent(category, motion, speed, _vehicle_attribute(speed, False), wlh)
             s += length + rng.uniform(*cfg.lane_gap_m)
 
-    # Parking strips on both sides, with the occasional barrier/cone construction zone.
+
+def _add_construction(b: _Builder, rng: np.random.Generator, road: Road, s: float,
+                      side: int) -> float:
+    """A row of barriers, cones along the lane edge; returns the strip length used."""
+    count = int(rng.integers(3, 7))
+    for i in range(count):
+        xy, heading = road.to_global(np.array([s + 1.3 * i]), np.array([side * PARK_D]))
+        b.agent("movable_object.barrier",
+                LinearMotion(tuple(xy[0]), float(heading[0] - np.pi / 2), 0.0), 0.0, None)
+        if i % 2 == 0:
+            xy, _ = road.to_global(np.array([s + 1.3 * i]),
+                                   np.array([side * (ROAD_HALF + 0.25)]))
+            b.agent("movable_object.trafficcone", LinearMotion(tuple(xy[0]), 0.0, 0.0), 0.0,
+                    None)
+    return 1.3 * count + 3.0
+
+
+def _add_parked_car(b: _Builder, rng: np.random.Generator, road: Road, s: float,
+                    side: int) -> float:
+    """One parked car or truck; returns the strip length used."""
+    yaw_offset = 0.0 if side < 0 else np.pi
+    category = "vehicle.car" if rng.random() < 0.9 else "vehicle.truck"
+    wlh = _size(category, rng)
+    centre = s + wlh[1] / 2
+    xy, heading = road.to_global(np.array([centre]),
+                                 np.array([side * PARK_D + rng.normal(0, 0.1)]))
+    b.agent(category,
+            LinearMotion(tuple(xy[0]),
+                         float(heading[0] + yaw_offset + rng.normal(0, 0.03)), 0.0),
+            0.0, "vehicle.parked", wlh)
+    return wlh[1] + rng.uniform(0.8, 3.0)
+
+
+def _add_parking(b: _Builder, rng: np.random.Generator, cfg: SynthConfig,
+                 lay: _Layout) -> None:
+    """Parking strips on both sides, with the occasional barrier/cone construction zone."""
     for side in (-1, 1):
-        s = s_lo + rng.uniform(0, 5)
-        while s < s_hi:
-            if near_cross(s, 4.0):
+        s = lay.s_lo + rng.uniform(0, 5)
+        while s < lay.s_hi:
+            if lay.near_cross(s, 4.0):
                 s += 4.0
                 continue
-            yaw_offset = 0.0 if side < 0 else np.pi
             r = rng.random()
-            if r < 0.06:  # construction zone: a row of barriers, cones along the lane edge
-                count = int(rng.integers(3, 7))
-                for i in range(count):
-                    xy, heading = road.to_global(np.array([s + 1.3 * i]),
-                                                 np.array([side * PARK_D]))
-                    b.agent("movable_object.barrier",
-                            LinearMotion(tuple(xy[0]), float(heading[0] - np.pi / 2), 0.0),
-                            0.0, None)
-                    if i % 2 == 0:
-                        xy, _ = road.to_global(np.array([s + 1.3 * i]),
-                                               np.array([side * (ROAD_HALF + 0.25)]))
-                        b.agent("movable_object.trafficcone",
-                                LinearMotion(tuple(xy[0]), 0.0, 0.0), 0.0, None)
-                s += 1.3 * count + 3.0
+            if r < 0.06:  # construction zone
+                s += _add_construction(b, rng, lay.road, s, side)
             elif r < 0.06 + cfg.parked_prob:
-                category = "vehicle.car" if rng.random() < 0.9 else "vehicle.truck"
-                wlh = _size(category, rng)
-                centre = s + wlh[1] / 2
-                xy, heading = road.to_global(np.array([centre]),
-                                             np.array([side * PARK_D + rng.normal(0, 0.1)]))
-                b.agent(category,
-                        LinearMotion(tuple(xy[0]),
-                                     float(heading[0] + yaw_offset + rng.normal(0, 0.03)), 0.0),
-                        0.0, "vehicle.parked", wlh)
-                s += wlh[1] + rng.uniform(0.8, 3.0)
+                s += _add_parked_car(b, rng, lay.road, s, side)
             else:
                 s += rng.uniform(5.0, 15.0)
 
-    # Sidewalks: pedestrians in two walking lines, cyclists between them.
+
+def _add_sidewalks(b: _Builder, rng: np.random.Generator, cfg: SynthConfig,
+                   lay: _Layout) -> None:
+    """Sidewalks: pedestrians in two walking lines, cyclists between them."""
     for side in (-1, 1):
         for d_walk, kind in ((10.4, "ped"), (11.2, "bike"), (12.0, "ped")):
             rate = cfg.pedestrians_per_100m / 2 if kind == "ped" else 0.5
-            count = int(rng.poisson(rate * (s_hi - s_lo) / 100.0))
-            for s in np.sort(rng.uniform(s_lo, s_hi, count)):
-                if near_cross(float(s), 2.0):
+            count = int(rng.poisson(rate * (lay.s_hi - lay.s_lo) / 100.0))
+            for s in np.sort(rng.uniform(lay.s_lo, lay.s_hi, count)):
+                if lay.near_cross(float(s), 2.0):
                     continue
                 direction = int(rng.choice([-1, 1]))
                 if kind == "ped":
                     speed = 0.0 if rng.random() < 0.2 else float(rng.uniform(1.0, 1.6))
                     b.agent("human.pedestrian.adult",
-                            LaneMotion(road, float(s), side * d_walk, direction, speed),
+                            LaneMotion(lay.road, float(s), side * d_walk, direction, speed),
                             speed, "pedestrian.moving" if speed > 0 else "pedestrian.standing")
                 else:
                     speed = float(rng.uniform(3.0, 6.0))
                     b.agent("vehicle.bicycle",
-                            LaneMotion(road, float(s), side * d_walk, direction, speed),
+                            LaneMotion(lay.road, float(s), side * d_walk, direction, speed),
                             speed, "cycle.with_rider")
 
-    # Cross street: queues waiting at the main road, and vehicles driving away from it.
+
+def _add_cross_traffic(b: _Builder, rng: np.random.Generator, cfg: SynthConfig,
+                       cross: CrossStreet) -> None:
+    """Cross street: queues waiting at the main road, and vehicles driving away from it."""
     for end in (-1, 1):  # which side of the main road
         for lat, lane_dir in CROSS_LANES:
             # Right-hand traffic: these lanes head towards the main road.
@@ -381,35 +419,58 @@ def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) 
                 along = (centre + wlh[1] / 2
                          + rng.uniform(*cfg.lane_gap_m) / (1.0 if speed else 4.0))
 
+
+def _add_buildings(b: _Builder, rng: np.random.Generator, lay: _Layout, side: int) -> None:
+    """Buildings behind one sidewalk."""
+    s = lay.s_lo - 40 + rng.uniform(0, 10)
+    while s < lay.s_hi + 40:
+        length = float(rng.uniform(10, 30))
+        centre = s + length / 2
+        if not lay.near_cross(centre, length / 2 + 6.0):
+            depth = float(rng.uniform(8, 18))
+            d = side * (rng.uniform(15.5, 19.0) + depth / 2)
+            xy, heading = lay.road.to_global(np.array([centre]), np.array([d]))
+            b.scenery("building", xy[0], float(heading[0]),
+                      (length, depth, float(rng.uniform(6, 24))))
+        s += length + rng.uniform(2, 12)
+
+
+def _add_poles_and_trees(b: _Builder, rng: np.random.Generator, lay: _Layout,
+                         side: int) -> None:
+    """Poles and trees at one sidewalk's outer edge."""
+    s = lay.s_lo + rng.uniform(0, 10)
+    while s < lay.s_hi:
+        if not lay.near_cross(s, 2.0):
+            xy, heading = lay.road.to_global(np.array([s]),
+                                             np.array([side * (SIDEWALK_HALF - 0.1)]))
+            if rng.random() < 0.5:
+                b.scenery("pole", xy[0], float(heading[0]),
+                          (0.25, 0.25, float(rng.uniform(5, 8))))
+            else:
+                size = float(rng.uniform(2.0, 3.5))
+                b.scenery("tree", xy[0], float(heading[0]),
+                          (size, size, float(rng.uniform(5.5, 8))))
+        s += rng.uniform(12, 30)
+
+
+def _sample_sun(rng: np.random.Generator) -> np.ndarray:
+    azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(np.deg2rad(30), np.deg2rad(65))
+    return np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                     np.sin(elevation)])
+
+
+def sample_world(rng: np.random.Generator, cfg: SynthConfig, duration_s: float) -> World:
+    """Draw one scene's world. The ego drives along the main road for duration_s seconds."""
+    b = _Builder(rng)
+    lay = _sample_layout(rng, duration_s)
+    _add_traffic(b, rng, cfg, lay, duration_s)
+    _add_parking(b, rng, cfg, lay)
+    _add_sidewalks(b, rng, cfg, lay)
+    _add_cross_traffic(b, rng, cfg, lay.cross)
     # Scenery: buildings behind the sidewalks, poles and trees at the sidewalk's outer edge.
     for side in (-1, 1):
-        s = s_lo - 40 + rng.uniform(0, 10)
-        while s < s_hi + 40:
-            length = float(rng.uniform(10, 30))
-            centre = s + length / 2
-            if not near_cross(centre, length / 2 + 6.0):
-                depth = float(rng.uniform(8, 18))
-                d = side * (rng.uniform(15.5, 19.0) + depth / 2)
-                xy, heading = road.to_global(np.array([centre]), np.array([d]))
-                b.scenery("building", xy[0], float(heading[0]),
-                          (length, depth, float(rng.uniform(6, 24))))
-            s += length + rng.uniform(2, 12)
-        s = s_lo + rng.uniform(0, 10)
-        while s < s_hi:
-            if not near_cross(s, 2.0):
-                xy, heading = road.to_global(np.array([s]),
-                                             np.array([side * (SIDEWALK_HALF - 0.1)]))
-                if rng.random() < 0.5:
-                    b.scenery("pole", xy[0], float(heading[0]),
-                              (0.25, 0.25, float(rng.uniform(5, 8))))
-                else:
-                    size = float(rng.uniform(2.0, 3.5))
-                    b.scenery("tree", xy[0], float(heading[0]),
-                              (size, size, float(rng.uniform(5.5, 8))))
-            s += rng.uniform(12, 30)
-
-    azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(np.deg2rad(30), np.deg2rad(65))
-    sun = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
-                    np.sin(elevation)])
-    return World(road=road, cross=cross, s_cross=s_cross, ego=ego, agents=b.agents, sun_dir=sun,
-                 scenery=b.scenery_arrays())
+        _add_buildings(b, rng, lay, side)
+        _add_poles_and_trees(b, rng, lay, side)
+    sun = _sample_sun(rng)
+    return World(road=lay.road, cross=lay.cross, s_cross=lay.s_cross, ego=lay.ego,
+                 agents=b.agents, sun_dir=sun, scenery=b.scenery_arrays())

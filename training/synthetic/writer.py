@@ -145,7 +145,6 @@ class _SceneWriter:
     # -- the scene ------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, name = self.cfg, self.name
-        n_agents = len(self.world.agents)
         sample_tokens = [token("sample", cfg.seed, name, k) for k in range(len(self.key_us))]
         radar_offsets = {r.channel: int(self.rng.integers(0, 3_000)) for r in RADARS}
         ann_by_agent: dict[int, list[dict]] = {}
@@ -155,55 +154,68 @@ class _SceneWriter:
                                           "prev": sample_tokens[k - 1] if k else "",
                                           "next": (sample_tokens[k + 1]
                                                    if k + 1 < len(self.key_us) else "")})
-            # Radar sweeps leading up to (and including) this keyframe.
-            n_between = RADAR_SWEEPS_BEFORE_FIRST if k == 0 else (7 if k % 2 else 6)
-            previous = (t_key - RADAR_SWEEPS_BEFORE_FIRST * RADAR_PERIOD_US if k == 0
-                        else self.key_us[k - 1])
-            num_radar = np.zeros(n_agents, np.int64)
-            for spec in RADARS:
-                for j in range(1, n_between + 1):
-                    t_us = (int(previous + (t_key - previous) * j // n_between)
-                            + radar_offsets[spec.channel])
-                    key = j == n_between
-                    points, owner, sd_token = self.radar_sweep(spec.channel, t_us,
-                                                               sample_tokens[k], key)
-                    if key:
-                        valid = radar.passes_default_filters(points)
-                        num_radar += np.bincount(owner[valid & (owner >= 0)], minlength=n_agents)
-                        if cfg.write_labels:
-                            self.labels["radar_points"][sd_token] = owner.tolist()
-            # Lidar keyframe.
-            record, ego, path = self.sample_data(LIDAR.channel, int(t_key), sample_tokens[k], True,
-                                                 "pcd.bin")
-            points, owner = lidar.scan(self.world.boxes_at(self.t_s(t_key)),
-                                       self.world_T_sensor(ego, LIDAR.channel), self.rng)
-            lidar.write_bin(path, points)
-            num_lidar = np.bincount(owner[owner >= 0], minlength=n_agents)
-            # Cameras.
-            visible = np.zeros(n_agents, np.int64)
-            unoccluded = np.zeros(n_agents, np.int64)
-            for spec in CAMERAS:
-                t_us = int(t_key) + spec.time_offset_us
-                record, ego, path = self.sample_data(spec.channel, t_us, sample_tokens[k], True,
-                                                     "jpg", (IMAGE_W, IMAGE_H))
-                out = render_camera(self.world, self.world.boxes_at(self.t_s(t_us)), n_agents,
-                                    self.world_T_sensor(ego, spec.channel),
-                                    self.cams[spec.channel], self.rays[spec.channel], self.rng)
-                cv2.imwrite(str(path), out.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-                visible += out.visible_px
-                unoccluded += out.unoccluded_px
-                if cfg.write_labels:
-                    mask_rel = f"{LABELS_DIR}/masks/{record['token']}.png"
-                    (self.out / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(self.out / mask_rel),
-                                (out.owner + 1).clip(0).astype(np.uint16))
-                    self.labels["masks"][record["token"]] = mask_rel
+            num_radar = self.keyframe_radar(k, t_key, sample_tokens[k], radar_offsets)
+            num_lidar = self.keyframe_lidar(t_key, sample_tokens[k])
+            visible, unoccluded = self.keyframe_cameras(t_key, sample_tokens[k])
             self.annotate(k, sample_tokens[k], t_key, visible, unoccluded, num_lidar, num_radar,
                           ann_by_agent)
         self.link_chains()
         self.finish_instances(ann_by_agent)
         self.scene_records(sample_tokens)
         return {"tables": self.tables, "labels": self.labels}
+
+    def keyframe_radar(self, k: int, t_key: int, sample_token: str,
+                       radar_offsets: dict[str, int]) -> np.ndarray:
+        """Radar sweeps leading up to (and including) keyframe k; returns the per-agent count
+        of keyframe returns passing the default filters."""
+        n_agents = len(self.world.agents)
+        n_between = RADAR_SWEEPS_BEFORE_FIRST if k == 0 else (7 if k % 2 else 6)
+        previous = (t_key - RADAR_SWEEPS_BEFORE_FIRST * RADAR_PERIOD_US if k == 0
+                    else self.key_us[k - 1])
+        num_radar = np.zeros(n_agents, np.int64)
+        for spec in RADARS:
+            for j in range(1, n_between + 1):
+                t_us = (int(previous + (t_key - previous) * j // n_between)
+                        + radar_offsets[spec.channel])
+                key = j == n_between
+                points, owner, sd_token = self.radar_sweep(spec.channel, t_us, sample_token, key)
+                if key:
+                    valid = radar.passes_default_filters(points)
+                    num_radar += np.bincount(owner[valid & (owner >= 0)], minlength=n_agents)
+                    if self.cfg.write_labels:
+                        self.labels["radar_points"][sd_token] = owner.tolist()
+        return num_radar
+
+    def keyframe_lidar(self, t_key: int, sample_token: str) -> np.ndarray:
+        """The lidar keyframe; returns the per-agent point count."""
+        record, ego, path = self.sample_data(LIDAR.channel, int(t_key), sample_token, True,
+                                             "pcd.bin")
+        points, owner = lidar.scan(self.world.boxes_at(self.t_s(t_key)),
+                                   self.world_T_sensor(ego, LIDAR.channel), self.rng)
+        lidar.write_bin(path, points)
+        return np.bincount(owner[owner >= 0], minlength=len(self.world.agents))
+
+    def keyframe_cameras(self, t_key: int, sample_token: str) -> tuple[np.ndarray, np.ndarray]:
+        """The camera images of one keyframe; returns per-agent (visible, unoccluded) pixels."""
+        cfg, n_agents = self.cfg, len(self.world.agents)
+        visible = np.zeros(n_agents, np.int64)
+        unoccluded = np.zeros(n_agents, np.int64)
+        for spec in CAMERAS:
+            t_us = int(t_key) + spec.time_offset_us
+            record, ego, path = self.sample_data(spec.channel, t_us, sample_token, True,
+                                                 "jpg", (IMAGE_W, IMAGE_H))
+            out = render_camera(self.world, self.world.boxes_at(self.t_s(t_us)), n_agents,
+                                self.world_T_sensor(ego, spec.channel),
+                                self.cams[spec.channel], self.rays[spec.channel], self.rng)
+            cv2.imwrite(str(path), out.image_bgr, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+            visible += out.visible_px
+            unoccluded += out.unoccluded_px
+            if cfg.write_labels:
+                mask_rel = f"{LABELS_DIR}/masks/{record['token']}.png"
+                (self.out / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(self.out / mask_rel), (out.owner + 1).clip(0).astype(np.uint16))
+                self.labels["masks"][record["token"]] = mask_rel
+        return visible, unoccluded
 
     def annotate(self, k: int, sample_token: str, t_key: int, visible: np.ndarray,
                  unoccluded: np.ndarray, num_lidar: np.ndarray, num_radar: np.ndarray,
