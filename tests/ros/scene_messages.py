@@ -6,7 +6,9 @@ import numpy as np
 
 from simplebev_core.config import RADAR_CHANNELS
 from simplebev_core.radar import NUSCENES_RADAR_FIELDS
+from simplebev_ros.frame_source import FrameSource
 from simplebev_ros.stamps import stamp_to_ns
+from simplebev_ros.tf_buffer import TfBuffer
 from training import bag_messages as bm
 from training.radar_io import read_radar_pcd
 
@@ -48,3 +50,16 @@ def scene_messages(nusc, dataroot, sample_token):
     for clouds in radar.values():
         clouds.sort(key=lambda m: stamp_to_ns(m.header.stamp))
     return bm.tf_message(static), dynamic, infos, images, radar
+
+
+def frame_source(cfg, tf_static, tf_dynamic, infos) -> tuple[FrameSource, TfBuffer]:
+    """A FrameSource over a TF buffer holding the scene's transforms and every camera's
+    CameraInfo, as the node holds them once its inputs are in."""
+    tf = TfBuffer(cache_s=3600.0)
+    tf.add_message(tf_static, static=True)
+    for msg in tf_dynamic:
+        tf.add_message(msg, static=False)
+    source = FrameSource(cfg, tf)
+    for slot, cam in enumerate(cfg.input.cameras):
+        source.set_camera_info(slot, infos[cam])
+    return source, tf

@@ -14,12 +14,10 @@ pytest.importorskip("nuscenes", reason="the loader is built on the nuScenes devk
 from simplebev_core.config import RADAR_CHANNELS, load_config  # noqa: E402
 from simplebev_core.frame import assemble  # noqa: E402
 from simplebev_ros.stamps import stamp_to_ns  # noqa: E402
-from simplebev_ros.frame_source import FrameSource  # noqa: E402
 from simplebev_ros.sync import CameraSync  # noqa: E402
-from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402
 from training.nuscenes_data import NuScenesBev  # noqa: E402
 
-from .scene_messages import scene_messages  # noqa: E402
+from .scene_messages import frame_source, scene_messages  # noqa: E402
 
 OVERRIDES = {"grid.voxels_zyx": [100, 4, 100], "input.image_height": 112, "input.image_width": 200,
              "model.pixel_convention": "exact", "model.radar": "meta", "model.encoder": "effb0",
@@ -36,13 +34,7 @@ def test_loader_and_node_path_give_bit_identical_samples(synthetic_dataroot, cam
         expected = dataset[index]
         tf_static, tf_dynamic, infos, images, radar = scene_messages(
             dataset.nusc, dataroot, dataset.tokens[index])
-        tf = TfBuffer(cache_s=3600.0)
-        tf.add_message(tf_static, static=True)
-        for msg in tf_dynamic:
-            tf.add_message(msg, static=False)
-        source = FrameSource(cfg, tf)
-        for slot, cam in enumerate(cfg.input.cameras):
-            source.set_camera_info(slot, infos[cam])
+        source, tf = frame_source(cfg, tf_static, tf_dynamic, infos)
         for channel, topic in zip(RADAR_CHANNELS, cfg.node.radar_topics):
             assert topic == f"/{channel}"
             for msg in radar[channel]:

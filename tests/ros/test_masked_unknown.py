@@ -24,14 +24,12 @@ from simplebev_core.config import load_config  # noqa: E402
 from simplebev_core.inference import RunnerBuilder  # noqa: E402
 from simplebev_core.model import build_model  # noqa: E402
 from simplebev_core.postprocess import Instances  # noqa: E402
-from simplebev_ros.frame_source import FrameSource  # noqa: E402
 from simplebev_ros.pipeline import BevPipeline  # noqa: E402
 from simplebev_ros.sync import SyncedSet  # noqa: E402
-from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402
 from training.nuscenes_data import NuScenesBev  # noqa: E402
 
 from .node_harness import TINY  # noqa: E402
-from .scene_messages import scene_messages  # noqa: E402
+from .scene_messages import frame_source, scene_messages  # noqa: E402
 
 MIN_EXCLUSIVE_CELLS = 100  # of the 50 x 50 grid (each camera owns ~300-450 on this rig)
 
@@ -58,13 +56,7 @@ def rig(synthetic_dataroot) -> Rig:
     dataset = NuScenesBev(cfg, dataroot, version, "train", train=False)
     tf_static, tf_dynamic, infos, images, _ = scene_messages(dataset.nusc, dataroot,
                                                              dataset.tokens[0])
-    tf = TfBuffer(cache_s=3600.0)
-    tf.add_message(tf_static, static=True)
-    for msg in tf_dynamic:
-        tf.add_message(msg, static=False)
-    source = FrameSource(cfg, tf)
-    for slot, cam in enumerate(cfg.input.cameras):
-        source.set_camera_info(slot, infos[cam])
+    source, tf = frame_source(cfg, tf_static, tf_dynamic, infos)
     messages = [images[cam] for cam in cfg.input.cameras]
     full = SyncedSet(stamp_ns(images[cfg.input.ref_camera]), messages,
                      [stamp_ns(m) for m in messages])

@@ -15,26 +15,18 @@ from simplebev_core.config import load_config  # noqa: E402
 from simplebev_core.inference import RunnerBuilder  # noqa: E402
 from simplebev_core.model import build_model  # noqa: E402
 from simplebev_ros.stamps import stamp_to_ns  # noqa: E402
-from simplebev_ros.frame_source import FrameSource  # noqa: E402
 from simplebev_ros.pipeline import BevPipeline  # noqa: E402
 from simplebev_ros.sync import CameraSync  # noqa: E402
-from simplebev_ros.tf_buffer import TfBuffer  # noqa: E402
 from training.nuscenes_data import NuScenesBev  # noqa: E402
 
 from .node_harness import TINY  # noqa: E402
-from .scene_messages import scene_messages  # noqa: E402
+from .scene_messages import frame_source, scene_messages  # noqa: E402
 
 
 def run_pipeline(cfg, model, dataroot, version, token) -> object:
     dataset = NuScenesBev(cfg, dataroot, version, "train", train=False)
     tf_static, tf_dynamic, infos, images, _ = scene_messages(dataset.nusc, dataroot, token)
-    tf = TfBuffer(cache_s=3600.0)
-    tf.add_message(tf_static, static=True)
-    for msg in tf_dynamic:
-        tf.add_message(msg, static=False)
-    source = FrameSource(cfg, tf)
-    for slot, cam in enumerate(cfg.input.cameras):
-        source.set_camera_info(slot, infos[cam])
+    source, tf = frame_source(cfg, tf_static, tf_dynamic, infos)
     sync = CameraSync(cfg.input.cameras, 1, 0.06, 10, 0.25)
     sets = []
     for slot, cam in enumerate(cfg.input.cameras):
