@@ -40,6 +40,8 @@ RADAR_MODES = ("none", "occupancy", "meta")
 PIXEL_CONVENTIONS = ("upstream", "exact")
 LIFTS = ("fused", "reference")
 CAMERA_POSES = ("capture_time", "static")
+# input.decode: where camera JPEGs are decoded (simplebev_core/image_decode.py).
+DECODERS = ("cpu", "cuda")
 # data.compat: the project's fixed preprocessing, or upstream's (for released checkpoints).
 DATA_COMPAT_MODES = ("project", "upstream")
 NUSCENES_CAMERAS = (
@@ -274,6 +276,15 @@ class InputConfig(_Section):
         "static: the rig calibration only, all cameras one instant (upstream's released "
         "checkpoints; constant extrinsics, so the node caches the lift's lookup table).",
         choices=CAMERA_POSES)
+    decode: str = _key(
+        "cpu",
+        "Where camera JPEGs are decoded (docs: simplebev_core/image_decode.py):\n"
+        "cpu: OpenCV, at 1/2, 1/4 or 1/8 size (libjpeg's DCT scaling) when the input is that "
+        "small;\n"
+        "cuda: nvJPEG on the node's CUDA device (node.device), a set's images in one call, at "
+        "full size, resized there. Training's loader decodes the same way on the CPU "
+        "(torchvision's decoder, full size): CUDA cannot run in its worker processes.",
+        choices=DECODERS)
 
 
 @dataclass(frozen=True)

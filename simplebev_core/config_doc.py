@@ -19,7 +19,8 @@ from .config import (NODE_NAME, SimpleBevConfig, doc_paragraphs, flatten_config,
 
 SECTIONS = {
     "grid": "The voxel grid in the reference camera frame (model input geometry).",
-    "input": "Cameras, reference camera, network input size, camera poses.",
+    "input": ("Cameras, reference camera, network input size, camera poses, where JPEGs are "
+              "decoded."),
     "model": "The network (encoder, radar input, pixel convention, lift).",
     "postprocess": ("Occupancy threshold and instance extraction; the node changes these at "
                     "run time."),

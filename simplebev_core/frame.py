@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .config import CAMERA_POSES, SimpleBevConfig  # noqa: F401 (re-exported)
 from .geometry import invert_rigid
-from .image_decode import decode_image, reduced_factor
+from .image_decode import decode_image, decode_images_full, reduced_factor
 from .preprocess import ResizeCrop, ref_T_cams_from_ego, resize_crop_image, resize_crop_intrinsics
 from .radar import RadarPoints, radar_input
 from .sample import Sample
@@ -86,27 +86,38 @@ class RawFrame:
 @dataclass(frozen=True)
 class AssemblyPlan:
     """Per-frame choices: reference camera slot, per-camera resize-crop, cameras blanked, and
-    whether JPEGs may be decoded DCT-reduced (`decode_frame` has no config; False for
-    data.compat 'upstream', which decodes at full size as PIL did)."""
+    how JPEGs are decoded (`decode_frame` has no config): `decode_device` None decodes with
+    OpenCV (input.decode cpu), DCT-reduced when `reduced_decode` (False for data.compat
+    'upstream', which decodes at full size as PIL did); a device decodes with torchvision's
+    decoder at full size there (input.decode cuda; `decode_device`)."""
 
     ref_index: int
     resize_crops: tuple[ResizeCrop, ...]
     dropped: tuple[bool, ...] = field(default=())
     reduced_decode: bool = True
+    decode_device: str | None = None
 
     @staticmethod
-    def plain(cfg: SimpleBevConfig) -> "AssemblyPlan":
-        """Evaluation and inference: the configured reference camera, plain resize, no dropout."""
+    def plain(cfg: SimpleBevConfig, device: torch.device | str = "cpu") -> "AssemblyPlan":
+        """Evaluation and inference: the configured reference camera, plain resize, no dropout;
+        `device`: where input.decode cuda decodes (the node's device)."""
         cams = cfg.input.cameras
         final_hw = (cfg.input.image_height, cfg.input.image_width)
         return AssemblyPlan(cams.index(cfg.input.ref_camera),
                             (ResizeCrop.plain(final_hw),) * len(cams), (False,) * len(cams),
-                            reduced_decode=reduced_decode(cfg))
+                            reduced_decode=reduced_decode(cfg),
+                            decode_device=decode_device(cfg, device))
 
 
 def reduced_decode(cfg: SimpleBevConfig) -> bool:
     """Whether images may be decoded DCT-reduced under the config's data.compat."""
     return cfg.data.compat == "project"
+
+
+def decode_device(cfg: SimpleBevConfig, device: torch.device | str = "cpu") -> str | None:
+    """The plan's decode_device under input.decode: None for cpu (OpenCV); for cuda, `device`
+    (the node's CUDA device; the training loader's workers pass the CPU)."""
+    return None if cfg.input.decode == "cpu" else str(device)
 
 
 def image_resampling(cfg: SimpleBevConfig) -> str:
@@ -159,9 +170,12 @@ def camera_images(cams: Sequence[CameraInput], rcs: Sequence[ResizeCrop], reduce
     sources = [source_image(cam, rc, reduced) for cam, rc in zip(cams, rcs)]
     images: list[Tensor | None] = [None] * len(cams)
     groups: dict[tuple, list[int]] = {}
+    # Images decoded on a GPU stay there; a missing camera's black image joins them.
+    device = next((src.device for src in sources if src is not None), torch.device("cpu"))
     for s, (src, rc) in enumerate(zip(sources, rcs)):
         if src is None:
-            images[s] = torch.zeros((3,) + tuple(rc.final_hw), dtype=torch.float32)
+            images[s] = torch.zeros((3,) + tuple(rc.final_hw), dtype=torch.float32,
+                                    device=device)
         else:
             groups.setdefault((tuple(src.shape), src.dtype, rc), []).append(s)
     for (_, _, rc), members in groups.items():
@@ -183,10 +197,28 @@ def decode_frame(frame: RawFrame, plan: AssemblyPlan,
         return dataclasses.replace(cam, image=image)
 
     def maybe_decoded(s: int, cam: CameraInput) -> CameraInput:
-        encoded = isinstance(cam.image, (bytes, bytearray, memoryview))
-        return decoded(s, cam) if encoded else cam
+        return decoded(s, cam) if _encoded(cam) else cam
 
+    if plan.decode_device is not None:
+        return _decode_frame_full(frame, plan.decode_device)
     cameras = list(map_fn(maybe_decoded, range(len(frame.cameras)), frame.cameras))
+    return dataclasses.replace(frame, cameras=cameras)
+
+
+def _encoded(cam: CameraInput) -> bool:
+    return isinstance(cam.image, (bytes, bytearray, memoryview))
+
+
+def _decode_frame_full(frame: RawFrame, device: str) -> RawFrame:
+    """`decode_frame` under input.decode cuda: every encoded image at full size on `device`,
+    in one call (image_decode.decode_images_full)."""
+    todo = [s for s, cam in enumerate(frame.cameras) if _encoded(cam)]
+    cams = [frame.cameras[s] for s in todo]
+    images = decode_images_full([c.image for c in cams], [c.raw_hw for c in cams], device,
+                                [c.origin for c in cams], [c.channel_order for c in cams])
+    cameras = list(frame.cameras)
+    for s, image in zip(todo, images):
+        cameras[s] = dataclasses.replace(cameras[s], image=image)
     return dataclasses.replace(frame, cameras=cameras)
 
 
@@ -200,6 +232,8 @@ def assemble(frame: RawFrame, cfg: SimpleBevConfig, plan: AssemblyPlan | None = 
     half_pixel = cfg.model.pixel_convention == "exact"
     dropped = plan.dropped or (False,) * len(frame.cameras)
     reduced, resample = reduced_decode(cfg), image_resampling(cfg)
+    if plan.decode_device is not None:
+        frame = decode_frame(frame, plan)  # all of the frame's JPEGs in one call
     images = camera_images(frame.cameras, plan.resize_crops, reduced, resample)
     images = [torch.zeros_like(image) if drop else image for image, drop in zip(images, dropped)]
     Ks = [resize_crop_intrinsics(cam.pix_T_cam.float(), cam.raw_hw, rc, half_pixel)

@@ -1,12 +1,20 @@
-"""Camera image decoding shared by the nuScenes loader and the ROS node.
+"""Camera image decoding shared by the nuScenes loader and the ROS node (input.decode).
 
-JPEGs are decoded at 1/2, 1/4 or 1/8 resolution (libjpeg's DCT scaling) when the network input
-is at most that size: several times faster than a full decode, and the reduced image's pixel
-centres sit exactly where a resize would put them, so intrinsics computed from the raw size stay
-valid. Both data sources call `decode_image` on the same bytes, so they feed the model the same
-pixels. OpenCV is imported lazily: it is needed only for encoded images.
+`cpu` (`decode_image`): OpenCV decodes each JPEG at 1/2, 1/4 or 1/8 resolution (libjpeg's DCT
+scaling) when the network input is at most that size: several times faster than a full decode,
+and the reduced image's pixel centres sit exactly where a resize would put them, so intrinsics
+computed from the raw size stay valid.
+`cuda` (`decode_images_full`): torchvision's decoder at full size, all of a set's JPEGs in one
+call; on a CUDA device that is nvJPEG, and the images stay on the GPU for the resize. nvJPEG has
+no DCT scaling. Training's loader decodes the same way on the CPU (libjpeg-turbo), since CUDA
+cannot run in its worker processes. The two settings' network inputs differ by a level or two
+(tests/core/test_gpu_decode.py measures it).
+Both data sources decode the same bytes with the same setting, so they feed the model the same
+pixels. OpenCV and torchvision.io are imported lazily: they are needed only for encoded images.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -65,6 +73,97 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, raw_hw: tupl
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
+def is_jpeg(data: bytes | bytearray | memoryview) -> bool:
+    """JPEG's start-of-image marker opens the data."""
+    return bytes(data[:2]) == b"\xff\xd8"
+
+
+def decode_images_full(datas: Sequence[bytes | bytearray | memoryview],
+                       raw_hws: Sequence[tuple[int, int]], device: torch.device | str,
+                       origins: Sequence[str] | None = None,
+                       channel_orders: Sequence[str] | None = None) -> list[Tensor]:
+    """Encoded images -> (3, H, W) uint8 RGB tensors at full size on `device` (input.decode
+    cuda): the JPEGs with torchvision's decoder in one batched call (nvJPEG on CUDA,
+    libjpeg-turbo on the CPU), anything else (PNG) with OpenCV at full size, then moved.
+    Truncated data and a size other than raw_hw raise ImageDecodeError naming the origin, as
+    `decode_image` does; channel orders as there."""
+    n = len(datas)
+    origins = list(origins) if origins is not None else [f"image {i}" for i in range(n)]
+    orders = list(channel_orders) if channel_orders is not None else ["bgr"] * n
+    out: list[Tensor | None] = [None] * n
+    jpegs = []
+    for i, data in enumerate(datas):
+        if orders[i] not in CHANNEL_ORDERS:
+            raise ValueError(f"{origins[i]}: channel_order '{orders[i]}' is not one of "
+                             f"{list(CHANNEL_ORDERS)}")
+        if len(data) == 0:
+            raise ImageDecodeError(f"{origins[i]}: empty image data")
+        if is_jpeg(data):
+            check_complete(bytes(data), origins[i])
+            jpegs.append(i)
+        else:
+            out[i] = decode_image(data, raw_hws[i], raw_hws[i], origins[i], orders[i]).to(device)
+    decoded = _decode_jpegs(datas, jpegs, device, origins)
+    for i, image in zip(jpegs, decoded):
+        if tuple(image.shape) != (3,) + tuple(raw_hws[i]):
+            raise ImageDecodeError(
+                f"{origins[i]}: decoded to {image.shape[-1]}x{image.shape[-2]}, expected "
+                f"{raw_hws[i][1]}x{raw_hws[i][0]} (image size changed, or CameraInfo does not "
+                f"match the image)")
+        # torchvision gives RGB for ordinary files; "rgb" files hold the channels swapped.
+        out[i] = image.flip(0) if orders[i] == "rgb" else image
+    return out
+
+
+def _decode_jpegs(datas: Sequence, indices: list[int], device: torch.device | str,
+                  origins: Sequence[str]) -> list[Tensor]:
+    """torchvision's decode_jpeg of datas[indices] in one call; when the batch fails, each
+    image alone, so that the error names the one that cannot be decoded."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not indices:
+        return []
+    encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in indices]
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    decoded = []
+    for i, data in zip(indices, encoded):
+        try:
+            decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError as exc:
+            raise ImageDecodeError(f"{origins[i]}: cannot be decoded on {device} ({exc})"
+                                   ) from exc
+    return decoded
+
+
+def check_decoder(device: torch.device) -> None:
+    """Start-up check of input.decode cuda on `device`: a CUDA device whose decoder (nvJPEG)
+    decodes a small JPEG. Raises DeviceError saying what to change."""
+    import cv2
+
+    from .device import DeviceError
+
+    if device.type != "cuda":
+        raise DeviceError(
+            f"input.decode 'cuda' decodes JPEGs on the node's CUDA device, but node.device is "
+            f"{device}: set node.device to cuda (or cuda:N), or input.decode to cpu")
+    probe = np.zeros((16, 16, 3), np.uint8)
+    probe[4:12, 4:12] = 200
+    _, data = cv2.imencode(".jpg", probe)
+    try:
+        image = decode_images_full([data.tobytes()], [(16, 16)], device, ["probe JPEG"])[0]
+    except Exception as exc:  # noqa: BLE001 (any decoder failure is the same answer)
+        raise DeviceError(
+            f"input.decode 'cuda': torchvision could not decode a JPEG on {device} "
+            f"({type(exc).__name__}: {exc}); torchvision's CUDA decoder (nvJPEG) is missing or "
+            f"broken here: set input.decode to cpu") from exc
+    if image.device.type != "cuda":
+        raise DeviceError(f"input.decode 'cuda': torchvision decoded on {image.device}, "
+                               f"not {device}: set input.decode to cpu")
+
+
 # JPEG markers that stand alone (no length field): TEM and the restart markers RST0-RST7.
 _JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 _JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
@@ -106,7 +205,7 @@ def check_complete(data: bytes | bytearray, origin: str) -> None:
     """Reject truncated JPEG/PNG files: libjpeg decodes a truncated JPEG without an error,
     filling the missing rows with grey. Bytes after the end are allowed (MJPEG from UVC/V4L2
     drivers arrives padded to the buffer size; the decoders stop at the end marker)."""
-    if data[:2] == b"\xff\xd8":
+    if is_jpeg(data):
         scan = jpeg_first_scan_offset(data)
         if scan is None:
             raise ImageDecodeError(f"{origin}: truncated or corrupt JPEG (no image data)")

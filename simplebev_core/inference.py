@@ -26,9 +26,12 @@ from .sample import Sample
 from .torchscript import FrozenSegnet
 
 # Sections the checkpoint's config must agree with, and keys that do not change the network's
-# function at inference (initialisation, train-time augmentation, lift implementation).
+# function at inference (initialisation, train-time augmentation, lift implementation, and the
+# JPEG decoder: its two settings feed pixels a level or two apart, measured in
+# tests/core/test_gpu_decode.py, so a checkpoint trained with either runs with either).
 COMPARED_SECTIONS = ("grid", "input", "model")
-INFERENCE_NEUTRAL_KEYS = frozenset({"model.encoder_pretrained", "model.rand_flip", "model.lift"})
+INFERENCE_NEUTRAL_KEYS = frozenset({"model.encoder_pretrained", "model.rand_flip", "model.lift",
+                                    "input.decode"})
 
 
 class ConfigMismatchError(ValueError):

@@ -85,7 +85,7 @@ def resize_crop_image(image: Tensor, rc: ResizeCrop, resample: str = "antialiase
     if (rc.top, rc.left, h, w) == (0, 0, H, W):
         # Not in place: without a resize, x may be the caller's own float tensor.
         return x.clamp(0.0, 1.0).contiguous().reshape(lead + (3, H, W))
-    out = torch.zeros(x.shape[0], 3, H, W, dtype=torch.float32)
+    out = torch.zeros(x.shape[0], 3, H, W, dtype=torch.float32, device=x.device)
     y0, x0 = max(rc.top, 0), max(rc.left, 0)  # window in resized-image coordinates
     y1, x1 = min(rc.top + H, h), min(rc.left + W, w)
     if y1 > y0 and x1 > x0:
@@ -100,9 +100,22 @@ def _pil_bicubic_resize(image: Tensor, hw: tuple[int, int]) -> Tensor:
     if image.dtype != torch.uint8:
         u8 = (image.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
     if tuple(u8.shape[-2:]) != tuple(hw):
-        u8 = F.interpolate(u8.contiguous(), size=tuple(hw), mode="bicubic",
-                           align_corners=False, antialias=True)
+        u8 = _bicubic_uint8(u8.contiguous(), tuple(hw))
     return u8.float() / 255.0
+
+
+def _bicubic_uint8(u8: Tensor, hw: tuple[int, int]) -> Tensor:
+    """Antialiased bicubic resize of uint8 images to uint8. On the CPU torch's uint8 kernel
+    (PIL's fixed-point arithmetic); elsewhere (CUDA has no uint8 antialiased kernel) in float32,
+    rounded to uint8: within one level of the CPU's (tests/core/test_gpu_decode.py)."""
+    if u8.device.type == "cpu":
+        return F.interpolate(u8, size=hw, mode="bicubic", align_corners=False, antialias=True)
+    return _bicubic_uint8_in_float(u8, hw)
+
+
+def _bicubic_uint8_in_float(u8: Tensor, hw: tuple[int, int]) -> Tensor:
+    x = F.interpolate(u8.float(), size=hw, mode="bicubic", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def resize_crop_intrinsics(pix_T_cam: Tensor, raw_hw: tuple[int, int], rc: ResizeCrop,

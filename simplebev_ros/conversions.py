@@ -15,6 +15,7 @@ import torch
 
 from simplebev_core.bev_grid import BaseGrid
 from simplebev_core.geometry import intrinsics_matrix
+from simplebev_core.processing import InstanceOut
 from simplebev_core.radar import NUSCENES_RADAR_FIELDS
 
 from .errors import CameraInfoError, EncodingError, NonFiniteError, TruncatedDataError
@@ -275,14 +276,6 @@ def radar_points(cloud: np.ndarray, is_dense: bool = True) -> tuple[np.ndarray, 
 # ----------------------------------------------------------------------------- outputs
 
 
-def occupancy_values(prob: torch.Tensor, known: torch.Tensor) -> np.ndarray:
-    """(H, W) probabilities in [0, 1] and a bool mask of known cells -> int8 OccupancyGrid
-    values: 0-100, -1 unknown."""
-    values = torch.round(prob.float().clamp(0, 1) * 100).to(torch.int8)
-    values = torch.where(known, values, torch.full_like(values, -1))
-    return values.cpu().numpy()
-
-
 def occupancy_grid(values: np.ndarray, grid: BaseGrid, frame_id: str, stamp_ns: int) -> Any:
     """int8 (height, width) values, row-major (row = base y, column = base x) -> OccupancyGrid."""
     from nav_msgs.msg import OccupancyGrid
@@ -298,15 +291,6 @@ def occupancy_grid(values: np.ndarray, grid: BaseGrid, frame_id: str, stamp_ns: 
     # array('b', bytes) is ~700x faster than assigning the numpy array (ros_pip.md section 3).
     msg.data = array.array("b", np.ascontiguousarray(values, dtype=np.int8).tobytes())
     return msg
-
-
-@dataclass
-class InstanceOut:
-    """One instance for the output messages: centre in the output frame, score, cell count."""
-
-    center_xyz: tuple[float, float, float]
-    score: float
-    cell_count: int
 
 
 def bev_instances(instances: Sequence[InstanceOut], frame_id: str, stamp_ns: int) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from simplebev_core.config import SimpleBevConfig
-from simplebev_core.frame import AssemblyPlan, assemble, reduced_decode
+from simplebev_core.frame import AssemblyPlan, assemble, decode_device, reduced_decode
 from simplebev_core.geometry import invert_rigid
 from simplebev_core.image_decode import ImageDecodeError
 from simplebev_core.preprocess import ResizeCrop
@@ -50,9 +50,12 @@ class AugmentationPlan:
     resize_crops: list[ResizeCrop]
     dropped: list[bool]
 
-    def assembly(self, reduced: bool = True) -> AssemblyPlan:
-        """The AssemblyPlan; `reduced`: JPEGs may be decoded DCT-reduced (data.compat)."""
-        return AssemblyPlan(self.ref_index, tuple(self.resize_crops), tuple(self.dropped), reduced)
+    def assembly(self, cfg: SimpleBevConfig) -> AssemblyPlan:
+        """The AssemblyPlan, decoding as the config says (data.compat, input.decode). Loader
+        workers decode on the CPU: input.decode cuda decodes as nvJPEG would, at full size with
+        torchvision's decoder, since CUDA cannot run in forked workers."""
+        return AssemblyPlan(self.ref_index, tuple(self.resize_crops), tuple(self.dropped),
+                            reduced_decode(cfg), decode_device(cfg, "cpu"))
 
 
 class NuScenesBev(NuScenesRecords, Dataset):
@@ -102,7 +105,7 @@ class NuScenesBev(NuScenesRecords, Dataset):
         rec = self.record(self.tokens[int(index)])
         try:
             sample = assemble(self.raw_frame(rec), self.cfg,
-                              plan.assembly(reduced_decode(self.cfg)), self.grid)
+                              plan.assembly(self.cfg), self.grid)
         except ImageDecodeError as e:
             raise DataFileError(str(e)) from e
         sample.targets = self.targets(rec, plan.ref_index)

@@ -17,6 +17,7 @@ from simplebev_core.bev_grid import BaseGrid  # noqa: E402
 from simplebev_core.frame import CameraInput, camera_image  # noqa: E402
 from simplebev_core.image_decode import ImageDecodeError, decode_image  # noqa: E402
 from simplebev_core.preprocess import ResizeCrop  # noqa: E402
+from simplebev_core.processing import InstanceOut, occupancy_values  # noqa: E402
 from simplebev_core.radar import NUSCENES_RADAR_FIELDS  # noqa: E402
 from simplebev_ros import conversions as conv  # noqa: E402
 from simplebev_ros.stamps import ns_to_stamp, stamp_to_ns  # noqa: E402
@@ -359,7 +360,7 @@ def test_stamps_round_trip():
 def test_occupancy_grid_message():
     prob = torch.tensor([[0.0, 0.504, 1.0], [0.25, 0.7, 0.9]])
     known = torch.tensor([[True, True, True], [False, True, True]])
-    values = conv.occupancy_values(prob, known)
+    values = occupancy_values(prob, known)
     assert values.tolist() == [[0, 50, 100], [-1, 70, 90]]
     grid = BaseGrid(0.5, width=3, height=2, origin_xy=(-0.75, -0.5))
     msg = conv.occupancy_grid(values, grid, "base_link", 12_500_000_000)
@@ -372,8 +373,8 @@ def test_occupancy_grid_message():
 
 
 def test_instances_markers_image_and_diagnostics():
-    insts = [conv.InstanceOut((10.0, 2.0, 0.0), 0.9, 12),
-             conv.InstanceOut((-5.0, -1.0, 0.0), 0.4, 3)]
+    insts = [InstanceOut((10.0, 2.0, 0.0), 0.9, 12),
+             InstanceOut((-5.0, -1.0, 0.0), 0.4, 3)]
     msg = conv.bev_instances(insts, "base_link", 5)
     assert [i.id for i in msg.instances] == [1, 2] and msg.instances[0].center.x == 10.0
     assert msg.instances[1].cell_count == 3 and not msg.instances[0].has_velocity

@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("rclpy", reason="the pipeline converts ROS messages")
 pytest.importorskip("nuscenes", reason="the rig is the synthetic world in nuScenes format")
 
-import simplebev_ros.pipeline as pipeline_module  # noqa: E402
+import simplebev_core.processing as processing_module  # noqa: E402
 from simplebev_core.config import load_config  # noqa: E402
 from simplebev_core.inference import RunnerBuilder  # noqa: E402
 from simplebev_core.model import build_model  # noqa: E402
@@ -141,7 +141,7 @@ def test_every_single_masked_camera_leaves_exactly_its_own_area_unknown(rig):
 
 
 def test_instances_centred_in_the_masked_cameras_area_are_not_published(rig, monkeypatch):
-    """Two planted instances (extract_instances replaced in the pipeline's namespace): one
+    """Two planted instances (extract_instances replaced in simplebev_core.processing): one
     centred in a BEV cell only the masked camera sees, one in a cell another camera sees.
     The complete set publishes both; the masked set publishes only the second, since nothing
     observed the first."""
@@ -158,7 +158,7 @@ def test_instances_centred_in_the_masked_cameras_area_are_not_published(rig, mon
         return Instances(centers.clone(), torch.tensor([0.9, 0.8]), torch.tensor([12, 7]),
                          torch.zeros(Z, X, dtype=torch.long))
 
-    monkeypatch.setattr(pipeline_module, "extract_instances", planted)
+    monkeypatch.setattr(processing_module, "extract_instances", planted)
     full = rig.pipeline.process(rig.full)
     masked = rig.pipeline.process(masked_set(rig.full, m))
 
