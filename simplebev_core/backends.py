@@ -33,6 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from .calibration import RigCalibration, check_cameras, model_inputs
 from .config import AMP_MODES, BACKENDS, SimpleBevConfig, config_to_dict
 from .device import AMP_DTYPES, autocast_dtype
 from .export import (CalibrationMismatchError, MissingPackageError)  # noqa: F401 (re-exported)
+from .export import DTYPES as EXPORT_DTYPES
 from .export import (EXPORT_VERSION, OPSET, OUTPUT_NAMES, ExportError, check_calibration,
                      check_consistent, example_inputs, export_onnx, model_hash, read_metadata,
                      require)
@@ -55,7 +57,7 @@ KINDS = BACKENDS
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What each kind can run: torch autocasts; onnxruntime runs the export's dtype (the export has
-# no bf16); openvino and tensorrt lower an fp32 export themselves.
+# no bf16); openvino lowers an fp32 export itself, tensorrt as tensorrt_export_dtype says.
 KIND_PRECISIONS = {"torch": PRECISIONS, "onnxruntime": ("fp32", "fp16"), "openvino": PRECISIONS,
                    "tensorrt": PRECISIONS}
 # OpenVINO's element type names for INFERENCE_PRECISION_HINT.
@@ -444,11 +446,28 @@ class OpenVinoBackend(_ExportedBackend):
         return self.outputs([by_name[name] for name in OUTPUT_NAMES])
 
 
+def tensorrt_export_dtype(trt: Any, precision: str) -> str:
+    """The export dtype an engine of `precision` builds from under this TensorRT. TensorRT 10
+    lowers an fp32 file itself when the builder's FP16 / BF16 flag is set. TensorRT 11 removed
+    those flags: every network is strongly typed and runs the file's own types, so fp16 builds
+    from the fp16 export, and bf16 (the exporter writes no bf16) is refused."""
+    if precision == "fp32" or hasattr(trt.BuilderFlag, precision.upper()):
+        return "fp32"
+    if precision in EXPORT_DTYPES:
+        return precision
+    raise PrecisionError(f"tensorrt backend: TensorRT {trt.__version__} has no {precision} "
+                         f"builder flag (removed in TensorRT 11: networks are strongly typed) and "
+                         f"the exporter writes no {precision} file; use fp16 or fp32")
+
+
 class TensorRtBackend(_ExportedBackend):
-    """TensorRT on CUDA from the exported fp32 ONNX file at `precision`: fp32 builds without
-    TF32 (TensorRT's default allows it on Ampere and newer), fp16 / bf16 set the builder's
-    FP16 / BF16 flag (layers may run in that type). The serialised engine is cached beside the
-    file. Needs the `tensorrt` package and a GPU; not exercised on CPU-only machines."""
+    """TensorRT on CUDA from the exported ONNX file at `precision`: fp32 builds without TF32
+    (TensorRT's default allows it on Ampere and newer); fp16 / bf16 set the builder's FP16 /
+    BF16 flag over the fp32 file on TensorRT 10 (layers may run in that type), and build the
+    fp16 file on TensorRT 11 (`tensorrt_export_dtype`). The serialised engine is cached beside
+    the file. Needs the `tensorrt` package and a GPU; tested here with a stand-in for
+    TensorRT's builder (tests/core/test_cuda_paths.py), run for real by bench/gpu_check.py
+    where TensorRT is installed."""
 
     kind = "tensorrt"
 
@@ -458,13 +477,12 @@ class TensorRtBackend(_ExportedBackend):
         if not torch.cuda.is_available():
             raise BackendError("tensorrt backend: no CUDA device is available")
         super().__init__(path, calibration)
-        if self.meta.dtype != "fp32":
-            raise BackendError(f"tensorrt backend: build from an fp32 export ('{path}' is "
-                               f"{self.meta.dtype}); precision is chosen by the engine builder")
         self.precision, self.max_batch = backend_precision(self.kind, asked=precision), max_batch
-        if self.precision != "fp32" and not hasattr(self.trt.BuilderFlag, self.precision.upper()):
-            raise PrecisionError(f"tensorrt backend: TensorRT {self.trt.__version__} has no "
-                                 f"{self.precision} builder flag")
+        needed = tensorrt_export_dtype(self.trt, self.precision)
+        if self.meta.dtype != needed:
+            raise BackendError(f"tensorrt backend: a {self.precision} engine under TensorRT "
+                               f"{self.trt.__version__} builds from the {needed} export "
+                               f"('{path}' is {self.meta.dtype})")
         # 'notf32' in the name: engines cached before TF32 was turned off are not reused.
         self.engine_path = Path(path).with_suffix(f".{self.precision}-notf32.b{max_batch}.engine")
         self.build_s = 0.0
@@ -489,9 +507,11 @@ class TensorRtBackend(_ExportedBackend):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise BackendError(f"tensorrt backend: cannot parse '{self.source}': {errors}")
         config = builder.create_builder_config()
-        config.clear_flag(trt.BuilderFlag.TF32)  # the only lowering is the one asked for
-        if self.precision != "fp32":
-            config.set_flag(getattr(trt.BuilderFlag, self.precision.upper()))  # FP16 | BF16
+        if hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # the only lowering is the one asked for
+        flag = getattr(trt.BuilderFlag, self.precision.upper(), None)
+        if self.precision != "fp32" and flag is not None:
+            config.set_flag(flag)  # TensorRT 10: FP16 | BF16 over the fp32 file
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
@@ -594,8 +614,9 @@ def build_backend(kind: str, model: Segnet, cfg: SimpleBevConfig, calibration: R
     if kind == "torch":
         return TorchBackend(model, cfg, calibration, device, precision, torchscript,
                             frozen=frozen, table=table)
-    require(RUNTIME_PACKAGES[kind], f"the {kind} backend")  # fail before a long export
-    export_dtype = precision if kind == "onnxruntime" else "fp32"
+    runtime = require(RUNTIME_PACKAGES[kind], f"the {kind} backend")  # before a long export
+    export_dtype = {"onnxruntime": precision, "openvino": "fp32"}.get(kind) \
+        or tensorrt_export_dtype(runtime, precision)
     path, hit = cached_export(model, cfg, calibration, cache_dir, export_dtype)
     backend = load_backend(kind, path, calibration, threads=threads, precision=precision)
     backend.cache_hit = hit
