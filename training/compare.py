@@ -46,7 +46,7 @@ from training.cli import UsageError, report_user_errors
 EXPERIMENT_KEYS = {"recipe", "variants", "seeds", "version", "parallel", "threads_per_run",
                    "devices", "eval_every", "eval", "cost"}
 RECIPE_KEYS = {"config", "presets", "set"}
-VARIANT_KEYS = {"set", "init_from"}
+VARIANT_KEYS = {"set", "init_from", "stop_at"}
 EVAL_KEYS = {"split", "batch_size"}
 COST_KEYS = {"repeats", "device"}
 # Columns of training.eval's eval.csv that the results carry (plus its per-band columns).
@@ -65,6 +65,9 @@ class Variant:
     name: str
     sets: dict[str, Any]
     init_from: str | None = None  # another variant: start from its final checkpoint (--init)
+    # Train only this far into the recipe's schedule (train's --stop-at): a smaller budget whose
+    # checkpoints are the full run's; without it (or raised) the run resumes to the end.
+    stop_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,12 @@ def _variants(raw: Any) -> dict[str, Variant]:
         if parent is not None and parent not in raw:
             raise ExperimentError(f"experiment key 'variants.{name}.init_from': no variant "
                                   f"'{parent}' (variants: {sorted(raw)})")
+        stop_at = body.get("stop_at")
+        if stop_at is not None:
+            stop_at = _positive_int(stop_at, f"variants.{name}.stop_at")
         variants[str(name)] = Variant(str(name), _overrides(body.get("set"),
-                                                            f"variants.{name}.set"), parent)
+                                                            f"variants.{name}.set"), parent,
+                                      stop_at)
     _check_no_cycle(variants)
     return variants
 
@@ -254,6 +261,12 @@ class RunSpec:
     run_dir: Path
     overrides: dict[str, Any]  # on top of the presets (run_overrides)
     parent: RunSpec | None  # the run whose final checkpoint this one starts from
+    stop_at: int | None = None  # the variant's stop_at
+
+    @property
+    def last_step(self) -> int:
+        """The step the run trains to: the variant's stop_at, else train.max_steps."""
+        return min(self.stop_at or self.cfg.train.max_steps, self.cfg.train.max_steps)
 
     @property
     def key(self) -> str:
@@ -261,7 +274,7 @@ class RunSpec:
 
     @property
     def final_checkpoint(self) -> Path:
-        return checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.cfg.train.max_steps)
+        return checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.last_step)
 
     @property
     def overrides_file(self) -> Path:
@@ -306,8 +319,13 @@ def plan_runs(exp: Experiment, out: Path) -> list[RunSpec]:
             variant = exp.variants[name]
             parent = spec(variant.init_from, seed) if variant.init_from else None
             overrides = run_overrides(exp, variant, seed)
-            specs[name, seed] = RunSpec(name, seed, resolve_run_config(exp, name, overrides),
-                                        out / "runs" / name / f"seed{seed}", overrides, parent)
+            cfg = resolve_run_config(exp, name, overrides)
+            if variant.stop_at is not None and variant.stop_at > cfg.train.max_steps:
+                raise ExperimentError(f"experiment key 'variants.{name}.stop_at': "
+                                      f"{variant.stop_at} is past train.max_steps "
+                                      f"{cfg.train.max_steps}")
+            specs[name, seed] = RunSpec(name, seed, cfg, out / "runs" / name / f"seed{seed}",
+                                        overrides, parent, variant.stop_at)
         return specs[name, seed]
 
     return [spec(name, seed) for name in exp.variants for seed in exp.seeds]
@@ -340,6 +358,8 @@ def train_command(exp: Experiment, spec: RunSpec, dataroot: Path, device: str) -
     (from the parent's final checkpoint for an init_from variant)."""
     cmd = [sys.executable, "-m", "training.train", "--dataroot", str(dataroot), "--version",
            exp.version, "--device", device, "--no-progress"]
+    if spec.last_step < spec.cfg.train.max_steps:
+        cmd += ["--stop-at", str(spec.last_step)]
     for preset in (*exp.presets, spec.overrides_file):
         cmd += ["--preset", str(preset)]
     if list_checkpoints(spec.run_dir / CHECKPOINT_DIR):
@@ -516,7 +536,7 @@ def plan_jobs(exp: Experiment, specs: list[RunSpec], dataroot: Path, out: Path,
         needs = [f"train {spec.parent.key}"] if spec.parent and not train_finished(
             spec.parent) else []
         if train_finished(spec):
-            say(f"skip  {train_key}: finished (step {spec.cfg.train.max_steps})")
+            say(f"skip  {train_key}: finished (step {spec.last_step})")
         else:
             write_overrides(spec)
             jobs.append(Job(train_key, lambda slot, s=spec: train_command(exp, s, dataroot,
@@ -753,6 +773,20 @@ def final_table(rows: list[dict[str, Any]], exp: Experiment,
     return md_table(head, body)
 
 
+def common_step(rows: list[dict[str, Any]], variants: list[str]) -> int | None:
+    """The last step evaluated for every variant (None when some variant has none)."""
+    steps = [set(by_step(rows, v, "iou")) for v in variants]
+    common = set.intersection(*steps) if steps else set()
+    return max(common) if common else None
+
+
+def step_table(rows: list[dict[str, Any]], variants: list[str], step: int) -> list[str]:
+    """Per variant at one step: IoU with and without the visibility filter."""
+    body = [[v, *(by_step(rows, v, column)[step].pct() for column in ("iou", "iou_unfiltered"))]
+            for v in variants]
+    return md_table(["variant", "IoU", "IoU all vehicles"], body)
+
+
 def curve_table(rows: list[dict[str, Any]], variants: list[str]) -> list[str]:
     """IoU (visibility-filtered) per evaluated step, one column per variant."""
     curves = {v: by_step(rows, v, "iou") for v in variants}
@@ -784,9 +818,21 @@ def write_markdown(rows: list[dict[str, Any]], exp: Experiment,
              f"{cost_note.get('device', '?')} with {cost_note.get('threads', '?')} thread(s); "
              "RepLK re-parameterised; TorchScript is the node's default runtime.", "",
              "## At the last evaluated step", "", *final_table(rows, exp, costs), "",
+             *_common_step_section(rows, variants),
              "## Learning curves (IoU, visibility-filtered)", "", *curve_table(rows, variants),
              "", "## Per distance band at the last step", "", *band_table(rows, variants), ""]
     path.write_text("\n".join(lines))
+
+
+def _common_step_section(rows: list[dict[str, Any]], variants: list[str]) -> list[str]:
+    """When the variants' last steps differ (a stop_at), all of them at the last step every
+    variant reached: the same schedule and the same samples seen."""
+    step = common_step(rows, variants)
+    last = {max(by_step(rows, v, "iou"), default=None) for v in variants}
+    if step is None or last == {step}:
+        return []
+    return [f"## At step {step}, which every variant reached", "",
+            *step_table(rows, variants, step), ""]
 
 
 def plot_curves(rows: list[dict[str, Any]], variants: list[str], path: Path) -> bool:

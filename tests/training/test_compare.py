@@ -134,6 +134,7 @@ def test_runner_resumes_skips_and_reports_the_runs_own_evaluations(synthetic_dat
     (lambda d: d["variants"]["small"].update(init_from="small_continued"), "is a cycle"),
     (lambda d: d.update(seeds=[1, 1]), "distinct integers"),
     (lambda d: d.update(parallel=0), "'parallel' must be an integer >= 1"),
+    (lambda d: d["variants"]["small"].update(stop_at=0), "'variants.small.stop_at' must be"),
 ])
 def test_experiment_file_is_validated_strictly(edit, message):
     data = yaml.safe_load(EXPERIMENT.read_text())
@@ -163,6 +164,33 @@ def test_shipped_experiment_files_load(path):
             overrides = compare.run_overrides(exp, variant, exp.seeds[0])
             cfg = compare.resolve_run_config(exp, name, overrides)
             assert cfg.model.encoder == variant.sets["model.encoder"]
+
+
+def test_stop_at_trains_part_of_the_schedule_and_the_table_meets_at_a_common_step(tmp_path):
+    """A variant with stop_at trains to that step of the recipe's schedule (--stop-at, same
+    max_steps), counts as finished there, and the results add a table at the last step that
+    every variant reached."""
+    data = yaml.safe_load(EXPERIMENT.read_text())
+    data["variants"]["small_continued"]["stop_at"] = 2
+    exp = parse_experiment(data, EXPERIMENT)
+    specs = {s.key: s for s in compare.plan_runs(exp, tmp_path)}
+    short, full = specs["small_continued/seed0"], specs["small/seed0"]
+    assert short.cfg.train.max_steps == full.cfg.train.max_steps == 4
+    assert short.last_step == 2 and short.final_checkpoint.name == "model-000000002.pth"
+    cmd = compare.train_command(exp, short, tmp_path, "cpu")
+    assert cmd[cmd.index("--stop-at") + 1] == "2" and "--stop-at" not in compare.train_command(
+        exp, full, tmp_path, "cpu")
+    rows = [{"variant": v, "seed": seed, "step": step, "iou": iou, "iou_unfiltered": iou / 2}
+            for v, steps in (("small", (2, 4)), ("small_continued", (2,)))
+            for seed in (0, 1) for step in steps for iou in [0.1 * step + 0.01 * seed]]
+    compare.write_markdown(rows, exp, {}, tmp_path / "results.md")
+    md = (tmp_path / "results.md").read_text()
+    section = md.split("## At step 2, which every variant reached")[1].split("##")[0]
+    assert "| small | 20.5 (20.0-21.0) | 10.2 (10.0-10.5) |" in section
+    assert "| small_continued | 20.5 (20.0-21.0) |" in section
+    data["variants"]["small_continued"]["stop_at"] = 5
+    with pytest.raises(ExperimentError, match="stop_at': 5 is past train.max_steps 4"):
+        compare.plan_runs(parse_experiment(data, EXPERIMENT), tmp_path)
 
 
 def test_a_failed_job_blocks_only_its_dependants(tmp_path):
