@@ -280,11 +280,17 @@ class TorchBackend(Backend):
             raise ValueError("table: a LiftTable of another rig or image size")
         return table
 
+    def _strict(self) -> contextlib.AbstractContextManager:
+        """True fp32 on CUDA (`no_tf32`): the precision the runner promises, and the one the
+        frozen stages are checked against the eager model in."""
+        return no_tf32() if self.device.type == "cuda" else contextlib.nullcontext()
+
     def _freeze(self) -> FrozenSegnet:
         images, *radar_or_none = example_inputs(self.cfg)
         radar = radar_or_none[0].to(self.device) if radar_or_none else None
-        return freeze_segnet(self.model, images.to(self.device), self.pix_T_cams[None],
-                             self.ref_T_cams[None], radar)
+        with self._strict():  # TF32 would round eager and folded convolutions differently
+            return freeze_segnet(self.model, images.to(self.device), self.pix_T_cams[None],
+                                 self.ref_T_cams[None], radar)
 
     def run(self, images: Tensor, radar: Tensor | None,
             geometry: Geometry | None = None) -> BackendOutput:
@@ -299,8 +305,7 @@ class TorchBackend(Backend):
             pix_T_cams, ref_T_cams = (g.to(self.device) for g in geometry)
             table = None
         model = self.frozen if self.frozen is not None and B == 1 else self.model
-        strict = no_tf32() if self.device.type == "cuda" else contextlib.nullcontext()
-        with torch.inference_mode(), strict, torch.autocast(
+        with torch.inference_mode(), self._strict(), torch.autocast(
                 self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = model(images, pix_T_cams, ref_T_cams, radar, lift_table=table)
         return BackendOutput(out.segmentation.float(), out.center.float(), out.offset.float())

@@ -104,6 +104,11 @@ class FrameProcessor:
         if cfg.input.decode == "cuda":
             check_decoder(runners.device)  # at start-up, with what to change
         self.plan = AssemblyPlan.plain(cfg, runners.device)
+        # GPU decoding and resizing are asynchronous: wait for them, so each stage's time is
+        # its own (the model stage's .cpu() waits for the model).
+        on_gpu = self.plan.decode_device is not None and runners.device.type == "cuda"
+        self._sync = (lambda: torch.cuda.synchronize(runners.device)) if on_gpu else (
+            lambda: None)
         # OpenCV's JPEG decoding releases the GIL: a frame's images decode in parallel.
         self.decoder = ThreadPoolExecutor(cfg.node.decode_threads, "simplebev-decode")
         self.use_table = cfg.input.camera_poses == "static"
@@ -131,8 +136,10 @@ class FrameProcessor:
         """Decode, assemble, model, post-process, each timed (`STAGES`)."""
         timings, t = {}, time.perf_counter()
         decoded = decode_frame(raw, self.plan, self.decoder.map)
+        self._sync()
         timings["decode"], t = _lap(t)
         sample = assemble(decoded, self.cfg, self.plan, self.voxels)
+        self._sync()
         timings["assemble"], t = _lap(t)
         radar = None if sample.radar is None else sample.radar[None]
         out = rig.runner(sample.images[None], radar, **self._geometry(sample, rig)).cpu()
