@@ -85,27 +85,25 @@ TRAIN_OVERRIDES = {"model.radar": "meta", "train.amp": "bf16", "train.batch_size
                    "train.grad_acc": 1}
 DECODE_POOL_SIZES = (6,)  # besides node.decode_threads: one thread per camera
 
-# What upstream published, quoted from the project's research notes (not measured here).
-REFERENCE_SOURCE = ("/work/shared/research/simplebev.md, sections 3.1 and 5, and "
-                    "/work/shared/research/peers.md, section 1.4 (quoted verbatim)")
+# What upstream and others published (not measured here), restated from the project's research
+# notes, which cite the sources.
+REFERENCE_SOURCE = ("the research notes beside the repository: shared/research/simplebev.md "
+                    "sections 3.1 and 5, peers.md section 1.4")
 UPSTREAM_INFERENCE = [
-    "simplebev.md 5: Paper (via [sec]): **83 ms** per frame at 448×800, **133 ms** at "
-    "672×1200; the scepter914 survey page says \"≈80 ms on an A100 (probably plain PyTorch)\". "
-    "Hardware for the paper's timing: most likely A100 [sec], not confirmed.",
-    "simplebev.md 5: Third-party eval loop, batch 1, released RGB model: ~175–180 ms/iteration "
-    "steady state (`itime 0.18`) including GPU-side lidar/radar voxelization and losses, GPU "
-    "unknown [aleeshsj log].",
-    "peers.md 1.4: Simple-BEV C+R | 448×800, PyTorch | **57.6 ms / 17.4 FPS** | RTX 4090 | "
-    "gaussiancar README Table III",
+    "Simple-BEV paper: 83 ms per frame at 448x800 (133 ms at 672x1200); the GPU is not stated "
+    "(most likely an A100, unconfirmed)",
+    "a third-party evaluation loop of the released RGB model: about 175-180 ms per iteration at "
+    "batch 1, voxelisation and losses included; GPU unknown",
+    "gaussiancar's comparison table: Simple-BEV camera+radar at 448x800 in PyTorch, 57.6 ms "
+    "(17.4 FPS) on an RTX 4090",
 ]
 UPSTREAM_TRAINING = [
-    "simplebev.md 3.1: batch_size (global, split over GPUs by DataParallel) | 8 | 8 (=2/GPU on "
-    "4 GPUs); grad_acc | 5 | 5 → **effective batch 40**; GPUs | `device_ids=[0,1,2,3]` | 4 "
-    "(README); \"4×V100, ~24 h for 25k\" [issue #19]; [sec] says 8×A100, ~5 s/step",
-    "simplebev.md 5: Training: 25k iterations ≈ 24 h on 4×V100 [issue #19] (≈3.5 s per "
-    "optimizer step of 40 samples); [sec] says ~5 s per step on 8×A100.",
+    "upstream's recipe: batch 8 (2 per GPU on 4 GPUs) x grad_acc 5 = 40 samples per optimizer "
+    "step, 25k steps",
+    "upstream issue #19: about 24 h for the 25k steps on 4 V100s (about 3.5 s per optimizer "
+    "step of 40 samples); a survey says about 5 s per step on 8 A100s",
 ]
-# Derived from the quote above: 4 GPUs x 3.5 s / 40 samples.
+# Derived from issue #19 above: 4 GPUs x 3.5 s / 40 samples.
 UPSTREAM_GPU_MS_PER_SAMPLE = 4 * 3500.0 / 40
 
 
@@ -423,7 +421,7 @@ def section_model(run: SectionRun) -> None:
         measure_model_batch(run, model, runners, images, geometry)
         del images, geometry
         free_memory(env)
-    run.values["upstream inference speed (quoted)"] = UPSTREAM_INFERENCE
+    run.values["upstream inference speed (published)"] = UPSTREAM_INFERENCE
 
 
 # ----------------------------------------------------------------------------- lift
@@ -552,7 +550,7 @@ def section_train_step(run: SectionRun) -> None:
     step_row = run.measure("train step: fwd + bwd + clip + AdamW + OneCycle", step, **info)
     backward_row = run.measure("train fwd + bwd only", forward_backward_only, **info)
     run.values.update(train_estimates(step_row, backward_row, B))
-    run.values["upstream training (quoted)"] = UPSTREAM_TRAINING
+    run.values["upstream training (published)"] = UPSTREAM_TRAINING
     run.values["upstream GPU ms per sample (derived: 4 GPUs x 3.5 s / 40 samples)"] = \
         UPSTREAM_GPU_MS_PER_SAMPLE
 
