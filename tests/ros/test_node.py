@@ -246,7 +246,8 @@ def run_node(cmd: list[str], timeout_s: float = 120.0) -> subprocess.CompletedPr
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "mismatch", "unknown_key", "no_cuda"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "mismatch", "unknown_key", "no_cuda",
+                                  "gpu_decode_on_cpu"])
 def test_bad_start_up_exits_2_with_one_clear_message(tmp_path, case):
     checkpoint, params = tiny_model(tmp_path)
     extra = ["-p", f"checkpoint:={checkpoint}"]
@@ -267,6 +268,9 @@ def test_bad_start_up_exits_2_with_one_clear_message(tmp_path, case):
             pytest.skip("this machine has CUDA; the refusal needs a machine without it")
         extra += ["-p", "device:=cuda"]
         expect = "CUDA is not available"
+    elif case == "gpu_decode_on_cpu":
+        extra += ["-p", "input.decode:=cuda", "-p", "device:=cpu"]
+        expect = "input.decode 'cuda' decodes JPEGs on the node's CUDA device"
     result = run_node(node_command(params, *extra))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout
