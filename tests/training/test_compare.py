@@ -13,8 +13,8 @@ import yaml
 
 from simplebev_core.checkpoint import list_checkpoints
 from simplebev_core.model import build_model
-from training import compare
-from training.compare import ExperimentError, load_experiment, parse_experiment
+from training import compare, compare_results, compare_runs, job_scheduler
+from training.experiment_file import ExperimentError, load_experiment, parse_experiment
 
 pytest.importorskip("nuscenes", reason="the runs read data through the nuScenes devkit")
 
@@ -48,9 +48,9 @@ def interrupt_first_run(exp_path: Path, dataroot: Path, out: Path) -> Path:
     from training.train import main as train_main
 
     exp = load_experiment(exp_path)
-    spec = compare.plan_runs(exp, out)[0]
-    compare.write_overrides(spec)
-    cmd = compare.train_command(exp, spec, dataroot, "cpu") + ["--stop-at", "1"]
+    spec = compare_runs.plan_runs(exp, out)[0]
+    compare_runs.write_overrides(spec)
+    cmd = compare_runs.train_command(exp, spec, dataroot, "cpu") + ["--stop-at", "1"]
     assert cmd[1:3] == ["-m", "training.train"]
     assert train_main(cmd[3:]) == 0  # in this process: saves a start-up of torch
     assert [s for s, _ in list_checkpoints(spec.run_dir / "checkpoints")] == [1]
@@ -80,9 +80,9 @@ def check_table(md: str, rows: list[dict[str, str]]) -> None:
 
 
 def check_plotted_curves(rows: list[dict[str, str]]) -> None:
-    """The plot draws compare.by_step's points: per step, the seeds' mean, min and max."""
+    """The plot draws compare_results.by_step's points: per step, the seeds' mean, min and max."""
     for variant in ("small", "small_continued"):
-        curve = compare.by_step(rows, variant, "iou")
+        curve = compare_results.by_step(rows, variant, "iou")
         assert list(curve) == [1, 2]
         for step, point in curve.items():
             ious = [float(r["iou"]) for r in rows
@@ -114,7 +114,7 @@ def test_runner_resumes_skips_and_reports_the_runs_own_evaluations(synthetic_dat
     assert (out / "results.png").stat().st_size > 1000
     check_plotted_curves(rows)
     cost = yaml.safe_load((out / "cost.json").read_text())
-    cfg = compare.plan_runs(load_experiment(exp_path), out)[0].cfg
+    cfg = compare_runs.plan_runs(load_experiment(exp_path), out)[0].cfg
     assert cost["small"]["params"] == sum(p.numel() for p in build_model(cfg).parameters())
     assert all(cost["small"][k] > 0 for k in ("encoder_eager_ms", "model_torchscript_ms"))
 
@@ -161,8 +161,8 @@ def test_shipped_experiment_files_load(path):
     assert len(exp.seeds) >= 2 and len(exp.variants) >= 4
     for name, variant in exp.variants.items():
         if variant.sets.get("model.encoder", "") in REGISTRY:
-            overrides = compare.run_overrides(exp, variant, exp.seeds[0])
-            cfg = compare.resolve_run_config(exp, name, overrides)
+            overrides = compare_runs.run_overrides(exp, variant, exp.seeds[0])
+            cfg = compare_runs.resolve_run_config(exp, name, overrides)
             assert cfg.model.encoder == variant.sets["model.encoder"]
 
 
@@ -173,24 +173,24 @@ def test_stop_at_trains_part_of_the_schedule_and_the_table_meets_at_a_common_ste
     data = yaml.safe_load(EXPERIMENT.read_text())
     data["variants"]["small_continued"]["stop_at"] = 2
     exp = parse_experiment(data, EXPERIMENT)
-    specs = {s.key: s for s in compare.plan_runs(exp, tmp_path)}
+    specs = {s.key: s for s in compare_runs.plan_runs(exp, tmp_path)}
     short, full = specs["small_continued/seed0"], specs["small/seed0"]
     assert short.cfg.train.max_steps == full.cfg.train.max_steps == 4
     assert short.last_step == 2 and short.final_checkpoint.name == "model-000000002.pth"
-    cmd = compare.train_command(exp, short, tmp_path, "cpu")
-    assert cmd[cmd.index("--stop-at") + 1] == "2" and "--stop-at" not in compare.train_command(
-        exp, full, tmp_path, "cpu")
+    cmd = compare_runs.train_command(exp, short, tmp_path, "cpu")
+    assert cmd[cmd.index("--stop-at") + 1] == "2"
+    assert "--stop-at" not in compare_runs.train_command(exp, full, tmp_path, "cpu")
     rows = [{"variant": v, "seed": seed, "step": step, "iou": iou, "iou_unfiltered": iou / 2}
             for v, steps in (("small", (2, 4)), ("small_continued", (2,)))
             for seed in (0, 1) for step in steps for iou in [0.1 * step + 0.01 * seed]]
-    compare.write_markdown(rows, exp, {}, tmp_path / "results.md")
+    compare_results.write_markdown(rows, exp, {}, tmp_path / "results.md")
     md = (tmp_path / "results.md").read_text()
     section = md.split("## At step 2, which every variant reached")[1].split("##")[0]
     assert "| small | 20.5 (20.0-21.0) | 10.2 (10.0-10.5) |" in section
     assert "| small_continued | 20.5 (20.0-21.0) |" in section
     data["variants"]["small_continued"]["stop_at"] = 5
     with pytest.raises(ExperimentError, match="stop_at': 5 is past train.max_steps 4"):
-        compare.plan_runs(parse_experiment(data, EXPERIMENT), tmp_path)
+        compare_runs.plan_runs(parse_experiment(data, EXPERIMENT), tmp_path)
 
 
 def test_a_failed_job_blocks_only_its_dependants(tmp_path):
@@ -198,15 +198,16 @@ def test_a_failed_job_blocks_only_its_dependants(tmp_path):
     line, the job waiting for it is not run, an independent job still runs."""
     import sys
 
-    def job(key: str, code: str, *needs: str) -> compare.Job:
+    def job(key: str, code: str, *needs: str) -> job_scheduler.Job:
         marker = tmp_path / f"{key}.ran"
         script = f"open({str(marker)!r}, 'w'); {code}"
-        return compare.Job(key, lambda slot: [sys.executable, "-c", script],
-                           tmp_path / f"{key}.log", list(needs))
+        return job_scheduler.Job(key, lambda slot: [sys.executable, "-c", script],
+                                 tmp_path / f"{key}.log", list(needs))
 
     jobs = [job("a", "raise SystemExit('a broke')"), job("b", "pass", "a"), job("c", "pass")]
     said: list[str] = []
-    failures = compare.run_jobs(jobs, [compare.Slot("cpu", {})], said.append, poll_s=0.01)
+    failures = job_scheduler.run_jobs(jobs, [job_scheduler.Slot("cpu", {})], said.append,
+                                      poll_s=0.01)
     assert failures[0].startswith("a failed (exit 1") and failures[0].endswith("a broke")
     assert failures[1] == "b not run: it needs a"
     assert (tmp_path / "c.ran").exists() and not (tmp_path / "b.ran").exists()
