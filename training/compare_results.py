@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from training.compare_runs import RunSpec
 from training.experiment_file import Experiment
+from training.step_plot import step_figure
 
 # Columns of training.eval's eval.csv that the results carry (plus its per-band columns).
 EVAL_COLUMNS = ("step", "samples", "iou", "iou_unfiltered")
@@ -180,30 +181,22 @@ def plot_curves(rows: list[dict[str, Any]], variants: list[str], path: Path) -> 
     """IoU against step, one line per variant (mean over seeds), min-max over seeds shaded.
     False when matplotlib is not installed."""
     try:
-        import matplotlib
-    except ImportError:
+        with step_figure(path, "vehicle IoU (%), visibility-filtered", figsize=(7, 4.5)) as ax:
+            for v in variants:
+                plot_variant(ax, v, by_step(rows, v, "iou"))
+    except ImportError:  # matplotlib is optional for the runner
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in variants:
-        curve = by_step(rows, v, "iou")
-        if not curve:
-            continue
-        steps = list(curve)
-        line, = ax.plot(steps, [100 * c.mean for c in curve.values()], "o-", label=v)
-        ax.fill_between(steps, [100 * c.low for c in curve.values()],
-                        [100 * c.high for c in curve.values()], color=line.get_color(),
-                        alpha=0.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("vehicle IoU (%), visibility-filtered")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
+
+
+def plot_variant(ax: Any, variant: str, curve: dict[int, Spread]) -> None:
+    """One variant's mean IoU per step, the seeds' min-max shaded in the line's colour."""
+    if not curve:
+        return
+    steps = list(curve)
+    line, = ax.plot(steps, [100 * c.mean for c in curve.values()], "o-", label=variant)
+    ax.fill_between(steps, [100 * c.low for c in curve.values()],
+                    [100 * c.high for c in curve.values()], color=line.get_color(), alpha=0.2)
 
 
 def write_results(exp: Experiment, specs: list[RunSpec], costs: dict[str, dict[str, Any]],

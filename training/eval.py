@@ -36,6 +36,7 @@ from simplebev_core.sample import collate
 from simplebev_core.voxel import VoxelGrid
 
 from training.cli import open_split, report_user_errors
+from training.step_plot import step_figure
 
 
 @dataclass
@@ -96,22 +97,10 @@ def write_outputs(rows: list[EvalRow], out_dir: Path) -> tuple[Path, Path | None
 
 
 def plot_steps(rows: list[EvalRow], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     steps = [r.step for r in rows]
-    ax.plot(steps, [r.acc.iou for r in rows], "o-", label="IoU (visibility > 40 %)")
-    ax.plot(steps, [r.acc.iou_unfiltered for r in rows], "s--", label="IoU (all vehicles)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("vehicle IoU")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with step_figure(path, "vehicle IoU", figsize=(6, 4)) as ax:
+        ax.plot(steps, [r.acc.iou for r in rows], "o-", label="IoU (visibility > 40 %)")
+        ax.plot(steps, [r.acc.iou_unfiltered for r in rows], "s--", label="IoU (all vehicles)")
 
 
 def format_table(rows: list[EvalRow]) -> str:
