@@ -50,27 +50,42 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, raw_hw: tupl
     (image_transport's "rgb8; jpeg compressed rgb8")."""
     import cv2
 
-    if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"{origin}: channel_order '{channel_order}' is not one of "
-                         f"{list(CHANNEL_ORDERS)}")
     flags = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
              2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}
     factor = reduced_factor(raw_hw, target_hw)
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    if buf.size == 0:
-        raise ImageDecodeError(f"{origin}: empty image data")
-    check_complete(data if isinstance(data, (bytes, bytearray)) else buf.tobytes(), origin)
+    check_encoded(data if isinstance(data, (bytes, bytearray)) else buf.tobytes(), origin,
+                  channel_order)
     decoded = cv2.imdecode(buf, flags[factor])
     if decoded is None:
         raise ImageDecodeError(f"{origin}: cannot be decoded (corrupt, truncated or not JPEG/PNG)")
-    expected = (raw_hw[0] // factor, raw_hw[1] // factor)
-    if decoded.shape[:2] != expected:
-        raise ImageDecodeError(
-            f"{origin}: decoded to {decoded.shape[1]}x{decoded.shape[0]} at 1/{factor} scale, "
-            f"expected {expected[1]}x{expected[0]} for a {raw_hw[1]}x{raw_hw[0]} image "
-            f"(image size changed, or CameraInfo does not match the image)")
+    check_decoded_size(decoded.shape[:2], raw_hw, factor, origin)
     rgb = decoded[:, :, ::-1] if channel_order == "bgr" else decoded
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def check_encoded(data: bytes | bytearray, origin: str, channel_order: str) -> None:
+    """What every decode path checks before decoding: a known channel order, some data, and a
+    complete JPEG/PNG stream (a truncated one would decode to a partly grey image silently)."""
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"{origin}: channel_order '{channel_order}' is not one of "
+                         f"{list(CHANNEL_ORDERS)}")
+    if len(data) == 0:
+        raise ImageDecodeError(f"{origin}: empty image data")
+    check_complete(data, origin)
+
+
+def check_decoded_size(decoded_hw: tuple[int, ...], raw_hw: tuple[int, int], factor: int,
+                       origin: str) -> None:
+    """The decoded image is the raw_hw image (CameraInfo's size) at 1/factor scale."""
+    expected = (raw_hw[0] // factor, raw_hw[1] // factor)
+    if tuple(decoded_hw) == expected:
+        return
+    scale = f" at 1/{factor} scale" if factor > 1 else ""
+    raise ImageDecodeError(
+        f"{origin}: decoded to {decoded_hw[1]}x{decoded_hw[0]}{scale}, expected "
+        f"{expected[1]}x{expected[0]} for a {raw_hw[1]}x{raw_hw[0]} image "
+        f"(image size changed, or CameraInfo does not match the image)")
 
 
 def is_jpeg(data: bytes | bytearray | memoryview) -> bool:
@@ -93,23 +108,14 @@ def decode_images_full(datas: Sequence[bytes | bytearray | memoryview],
     out: list[Tensor | None] = [None] * n
     jpegs = []
     for i, data in enumerate(datas):
-        if orders[i] not in CHANNEL_ORDERS:
-            raise ValueError(f"{origins[i]}: channel_order '{orders[i]}' is not one of "
-                             f"{list(CHANNEL_ORDERS)}")
-        if len(data) == 0:
-            raise ImageDecodeError(f"{origins[i]}: empty image data")
         if is_jpeg(data):
-            check_complete(bytes(data), origins[i])
+            check_encoded(bytes(data), origins[i], orders[i])
             jpegs.append(i)
         else:
             out[i] = decode_image(data, raw_hws[i], raw_hws[i], origins[i], orders[i]).to(device)
     decoded = _decode_jpegs(datas, jpegs, device, origins)
     for i, image in zip(jpegs, decoded):
-        if tuple(image.shape) != (3,) + tuple(raw_hws[i]):
-            raise ImageDecodeError(
-                f"{origins[i]}: decoded to {image.shape[-1]}x{image.shape[-2]}, expected "
-                f"{raw_hws[i][1]}x{raw_hws[i][0]} (image size changed, or CameraInfo does not "
-                f"match the image)")
+        check_decoded_size(tuple(image.shape[-2:]), raw_hws[i], 1, origins[i])
         # torchvision gives RGB for ordinary files; "rgb" files hold the channels swapped.
         out[i] = image.flip(0) if orders[i] == "rgb" else image
     return out
