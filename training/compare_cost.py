@@ -1,6 +1,7 @@
 """Each variant's cost for training.compare: parameters and the median latency of the encoder
 and of the whole model, eager and as frozen TorchScript, measured in this process before any
-training and kept in cost.json while the networks are unchanged.
+training (all variants in interleaved rounds) and kept in cost.json while the networks and the
+measurement's settings are unchanged.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +33,20 @@ def cost_inputs(cfg: SimpleBevConfig, device: Any) -> tuple[Any, ...]:
             sample.ref_T_cams[None].to(device), radar)
 
 
-def median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
-    """Median wall time of fn() in ms over `repeats` calls, after one untimed warm-up call."""
+TIMINGS = ("encoder_eager_ms", "encoder_torchscript_ms", "model_eager_ms",
+           "model_torchscript_ms")
+
+
+@dataclass
+class CostCase:
+    """One variant ready to time: its parameter counts and the forwards TIMINGS names."""
+    row: dict[str, Any]
+    forwards: dict[str, Callable[[], Any]]
+    sync: Callable[[], None]
+
+
+def timed_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> list[float]:
+    """Wall times of `repeats` calls of fn() in ms, after one untimed warm-up call."""
     fn()
     sync()
     times = []
@@ -40,18 +54,18 @@ def median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> 
         t = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+        times.append(1e3 * (time.perf_counter() - t))
+    return times
 
 
 def count_parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def measure_cost(cfg: SimpleBevConfig, repeats: int, device: str = "cpu") -> dict[str, Any]:
-    """Parameters (as trained, and deployed: RepLK re-parameterised) and the median latency of
-    the encoder and of the whole forward, eager (re-parameterised) and as the node's default
-    runtime (frozen TorchScript, simplebev_core.torchscript), on random weights."""
+def build_cost_case(cfg: SimpleBevConfig, device: str) -> CostCase:
+    """Parameters (as trained, and deployed: RepLK re-parameterised) and the forwards to time:
+    the encoder and the whole model, eager (re-parameterised) and as the node's default runtime
+    (frozen TorchScript, simplebev_core.torchscript), on random weights."""
     import torch
 
     from simplebev_core.checkpoint import model_for_checkpoint
@@ -64,22 +78,49 @@ def measure_cost(cfg: SimpleBevConfig, repeats: int, device: str = "cpu") -> dic
     row = {"params": count_parameters(model),
            "encoder_params": count_parameters(model.encoder)}
     deployed = copy.deepcopy(model).to(dev)
+    del model
     reparameterize_model(deployed)
     row["deployed_params"] = count_parameters(deployed)
     images, pix, ref, radar = cost_inputs(cfg, dev)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():
         frozen = freeze_segnet(deployed, images, pix, ref, radar)
-        timings = {"encoder_eager_ms": lambda: deployed.encode(images),
-                   "encoder_torchscript_ms": lambda: frozen.encode(images),
-                   "model_eager_ms": lambda: deployed(images, pix, ref, radar),
-                   "model_torchscript_ms": lambda: frozen(images, pix, ref, radar)}
-        for name, fn in timings.items():
-            row[name] = round(median_ms(fn, repeats, sync), 3)
-    if dev.type == "cuda":
-        del model, deployed, frozen
-        torch.cuda.empty_cache()  # the runs that follow may use this GPU
-    return row
+    forwards = {"encoder_eager_ms": lambda: deployed.encode(images),
+                "encoder_torchscript_ms": lambda: frozen.encode(images),
+                "model_eager_ms": lambda: deployed(images, pix, ref, radar),
+                "model_torchscript_ms": lambda: frozen(images, pix, ref, radar)}
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    return CostCase(row, forwards, sync)
+
+
+def measure_costs(configs: dict[str, SimpleBevConfig], repeats: int, rounds: int, device: str,
+                  say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Every variant's cost, measured together: all are built first, then timed in `rounds`
+    passes through all of them (interleaved, so that a slow drift in the machine's load hits
+    every variant alike). Each latency is the median of its rounds x repeats forwards;
+    `<name>_rounds` keeps each round's median, the spread to read it against."""
+    import torch
+
+    cases = {}
+    for name, cfg in configs.items():
+        say(f"cost  build {name} on {device}")
+        cases[name] = build_cost_case(cfg, device)
+    times: dict[str, dict[str, list[float]]] = {n: {t: [] for t in TIMINGS} for n in cases}
+    medians: dict[str, dict[str, list[float]]] = {n: {t: [] for t in TIMINGS} for n in cases}
+    for r in range(rounds):
+        say(f"cost  round {r + 1}/{rounds}: {repeats} forwards each")
+        for name, case in cases.items():
+            for t, fn in case.forwards.items():
+                with torch.no_grad():
+                    got = timed_ms(fn, repeats, case.sync)
+                times[name][t] += got
+                medians[name][t].append(round(statistics.median(got), 3))
+    costs = {}
+    for name, case in cases.items():
+        costs[name] = dict(case.row)
+        for t in TIMINGS:
+            costs[name][t] = round(statistics.median(times[name][t]), 3)
+            costs[name][f"{t}_rounds"] = medians[name][t]
+    return costs
 
 
 def cost_fingerprint(cfg: SimpleBevConfig) -> str:
@@ -90,25 +131,31 @@ def cost_fingerprint(cfg: SimpleBevConfig) -> str:
 
 def variant_costs(exp: Experiment, specs: list[RunSpec], out: Path,
                   say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """cost.json: every variant's cost, measured together in this process (one after the other,
-    before any training, with threads_per_run threads) so the numbers are comparable; reused
-    while every variant's network is unchanged, else all measured again."""
+    """cost.json: every variant's cost, measured together in this process (before any
+    training, with threads_per_run threads) so the numbers are comparable; reused while every
+    variant's network and the measurement's settings are unchanged, else all measured again."""
     configs = {s.variant: s.cfg for s in specs}
+    device = resolve_cost_device(exp.cost_device)
+    settings = {"device": device, "threads": exp.threads_per_run, "repeats": exp.cost_repeats,
+                "rounds": exp.cost_rounds}
     path = out / "cost.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if set(saved) == set(configs) and all(
-            saved[v].get("fingerprint") == cost_fingerprint(c) for v, c in configs.items()):
+            saved[v].get("fingerprint") == cost_fingerprint(c)
+            and all(saved[v].get(k) == x for k, x in settings.items())
+            for v, c in configs.items()):
         say(f"skip  cost: measured ({path})")
         return saved
-    costs = {}
     with torch_threads(exp.threads_per_run):
-        for name, cfg in configs.items():
-            device = resolve_cost_device(exp.cost_device)
-            say(f"cost  {name} on {device} ({exp.cost_repeats} repeats)")
-            costs[name] = {**measure_cost(cfg, exp.cost_repeats, device), "device": device,
-                           "threads": exp.threads_per_run, "fingerprint": cost_fingerprint(cfg)}
+        costs = measure_costs(configs, exp.cost_repeats, exp.cost_rounds, device, say)
+    for name, cfg in configs.items():
+        costs[name].update(settings, fingerprint=cost_fingerprint(cfg))
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(costs, indent=1))
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()  # the runs that follow may use this GPU
     return costs
 
 

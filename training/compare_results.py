@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from training.compare_cost import TIMINGS
 from training.compare_runs import RunSpec
 from training.experiment_file import Experiment
 from training.step_plot import step_figure
@@ -84,9 +85,14 @@ def format_cost(cost: dict[str, Any] | None) -> list[str]:
     params = f"{cost['params'] / 1e6:.2f} M"
     if cost["deployed_params"] != cost["params"]:  # RepLK: fewer once re-parameterised
         params += f" ({cost['deployed_params'] / 1e6:.2f} M deployed)"
-    return [params, f"{cost['encoder_eager_ms']:.1f}",
-            f"{cost['encoder_torchscript_ms']:.1f}", f"{cost['model_eager_ms']:.1f}",
-            f"{cost['model_torchscript_ms']:.1f}"]
+    return [params, *(format_latency(cost, t) for t in TIMINGS)]
+
+
+def format_latency(cost: dict[str, Any], timing: str) -> str:
+    """The median, and the min-max of the rounds' medians when there were several."""
+    text = f"{cost[timing]:.1f}"
+    rounds = cost.get(f"{timing}_rounds", [])
+    return text + (f" ({min(rounds):.1f}-{max(rounds):.1f})" if len(rounds) > 1 else "")
 
 
 def md_table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -156,9 +162,12 @@ def write_markdown(rows: list[dict[str, Any]], exp: Experiment,
     cost_note = next(iter(costs.values()), {})
     lines = [f"# {exp.path.name}: {len(variants)} variants x seeds {list(exp.seeds)}", "",
              "IoU in %: mean over seeds (min-max). Latency: median of "
-             f"{exp.cost_repeats} forwards of batch 1 at the recipe's input size on "
-             f"{cost_note.get('device', '?')} with {cost_note.get('threads', '?')} thread(s); "
-             "RepLK re-parameterised; TorchScript is the node's default runtime.", "",
+             f"{exp.cost_rounds} x {exp.cost_repeats} forwards of batch 1 at the recipe's "
+             f"input size on {cost_note.get('device', '?')} with "
+             f"{cost_note.get('threads', '?')} thread(s), in {exp.cost_rounds} round(s) "
+             "through all variants (with several, the min-max of the rounds' medians in "
+             "brackets); RepLK re-parameterised; TorchScript is the node's default runtime.",
+             "",
              "## At the last evaluated step", "", *final_table(rows, exp, costs), "",
              *_common_step_section(rows, variants),
              "## Learning curves (IoU, visibility-filtered)", "", *curve_table(rows, variants),

@@ -21,7 +21,7 @@ EXPERIMENT_KEYS = {"recipe", "variants", "seeds", "version", "parallel", "thread
 RECIPE_KEYS = {"config", "presets", "set"}
 VARIANT_KEYS = {"set", "init_from", "stop_at"}
 EVAL_KEYS = {"split", "batch_size"}
-COST_KEYS = {"repeats", "device"}
+COST_KEYS = {"repeats", "rounds", "device"}
 
 
 class ExperimentError(ConfigError):
@@ -54,6 +54,7 @@ class Experiment:
     eval_split: str = "val"
     eval_batch_size: int = 1
     cost_repeats: int = 5
+    cost_rounds: int = 1
     cost_device: str = "auto"
 
 
@@ -181,6 +182,7 @@ def parse_experiment(data: Any, path: Path) -> Experiment:
         eval_split=str(ev.get("split", "val")),
         eval_batch_size=_positive_int(ev.get("batch_size", 1), "eval.batch_size"),
         cost_repeats=_positive_int(cost.get("repeats", 5), "cost.repeats"),
+        cost_rounds=_positive_int(cost.get("rounds", 1), "cost.rounds"),
         cost_device=str(cost.get("device", "auto")))
 
 
