@@ -186,26 +186,35 @@ def _common_step_section(rows: list[dict[str, Any]], variants: list[str]) -> lis
             *step_table(rows, variants, step), ""]
 
 
+MARKERS = "os^DvP<>"  # one per variant, so that variants meeting at a point stay visible
+
+
 def plot_curves(rows: list[dict[str, Any]], variants: list[str], path: Path) -> bool:
     """IoU against step, one line per variant (mean over seeds), min-max over seeds shaded.
     False when matplotlib is not installed."""
     try:
         with step_figure(path, "vehicle IoU (%), visibility-filtered", figsize=(7, 4.5)) as ax:
-            for v in variants:
-                plot_variant(ax, v, by_step(rows, v, "iou"))
+            for i, v in enumerate(variants):
+                plot_variant(ax, v, by_step(rows, v, "iou"), MARKERS[i % len(MARKERS)])
     except ImportError:  # matplotlib is optional for the runner
         return False
     return True
 
 
-def plot_variant(ax: Any, variant: str, curve: dict[int, Spread]) -> None:
-    """One variant's mean IoU per step, the seeds' min-max shaded in the line's colour."""
+def plot_variant(ax: Any, variant: str, curve: dict[int, Spread], marker: str) -> None:
+    """One variant's mean IoU per step, the seeds' min-max shaded in the line's colour (an
+    error bar where the variant has one evaluated step: a shade needs two)."""
     if not curve:
         return
     steps = list(curve)
-    line, = ax.plot(steps, [100 * c.mean for c in curve.values()], "o-", label=variant)
-    ax.fill_between(steps, [100 * c.low for c in curve.values()],
-                    [100 * c.high for c in curve.values()], color=line.get_color(), alpha=0.2)
+    mean = [100 * c.mean for c in curve.values()]
+    low, high = [100 * c.low for c in curve.values()], [100 * c.high for c in curve.values()]
+    line, = ax.plot(steps, mean, f"{marker}-", label=variant)
+    if len(steps) == 1:
+        ax.errorbar(steps, mean, yerr=[[mean[0] - low[0]], [high[0] - mean[0]]], fmt="none",
+                    ecolor=line.get_color(), capsize=4)
+    else:
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
 
 
 def write_results(exp: Experiment, specs: list[RunSpec], costs: dict[str, dict[str, Any]],

@@ -188,6 +188,9 @@ def test_stop_at_trains_part_of_the_schedule_and_the_table_meets_at_a_common_ste
     section = md.split("## At step 2, which every variant reached")[1].split("##")[0]
     assert "| small | 20.5 (20.0-21.0) | 10.2 (10.0-10.5) |" in section
     assert "| small_continued | 20.5 (20.0-21.0) |" in section
+    # small_continued has one evaluated step: drawn with an error bar, as a shade needs two
+    assert compare_results.plot_curves(rows, list(exp.variants), tmp_path / "results.png")
+    assert (tmp_path / "results.png").stat().st_size > 1000
     data["variants"]["small_continued"]["stop_at"] = 5
     with pytest.raises(ExperimentError, match="stop_at': 5 is past train.max_steps 4"):
         compare_runs.plan_runs(parse_experiment(data, EXPERIMENT), tmp_path)
