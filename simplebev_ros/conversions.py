@@ -143,7 +143,10 @@ def camera_info_to_intrinsics(msg: Any, rectified: bool) -> CameraIntrinsics:
     Rectified images project with P's left 3x3 (fx', fy', cx', cy', which rectification
     generally moves away from K's); a P of all zeros (not calibrated for rectification) leaves
     K. P's fourth column (Tx, Ty: a stereo pair's baseline, zero for a monocular camera) is not
-    used: each camera's extrinsics come from TF of its own frame. Raw images project with K;
+    used: each camera's extrinsics come from TF of its own frame. R (a stereo camera's
+    rectification rotation) is not applied either: as in image_geometry's project3dToPixel, P
+    projects points given in the camera's TF frame, which for a rectified stereo camera is the
+    rectified one. Raw images project with K;
     `has_distortion` tells the caller to warn, the model assuming undistorted images."""
     h, w = int(msg.height), int(msg.width)
     if h <= 0 or w <= 0:
