@@ -29,7 +29,7 @@ $(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
 
 test: setup
 	$(VENV)/bin/ruff check .
-	SIMPLEBEV_REQUIRE_ROS=1 $(PY) -m pytest -rs tests
+	SIMPLEBEV_REQUIRE_ROS=1 $(PY) -m pytest -rs --durations=15 tests
 
 # ---------------------------------------------------------------- demo
 # The main job: the shipped CPU model on the held-out synthetic scenes, replayed as a rosbag2
