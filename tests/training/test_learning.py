@@ -21,7 +21,7 @@ PRESET = Path(__file__).resolve().parents[2] / "config" / "synthetic_cpu.yaml"
 # The CPU preset, shrunk: smaller images, batch 1, a short schedule.
 # A higher pos_weight than the preset's makes the very young model commit to positives (p > 0.5)
 # within 400 single-sample steps.
-SETS = ["input.image_height=64", "input.image_width=112", "grid.voxels_zyx=[100,4,100]",
+SETS = ["input.image_height=64", "input.image_width=112", "grid.voxels_zyx=[50,4,50]",
         "train.max_steps=400",
         "train.scheduler_extra_steps=1", "train.batch_size=1", "train.pos_weight=10.0",
         "train.save_every=400", "train.log_every=50", "train.image_every=1000",
