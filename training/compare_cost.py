@@ -104,22 +104,20 @@ def measure_costs(configs: dict[str, SimpleBevConfig], repeats: int, rounds: int
     for name, cfg in configs.items():
         say(f"cost  build {name} on {device}")
         cases[name] = build_cost_case(cfg, device)
-    times: dict[str, dict[str, list[float]]] = {n: {t: [] for t in TIMINGS} for n in cases}
-    medians: dict[str, dict[str, list[float]]] = {n: {t: [] for t in TIMINGS} for n in cases}
+    # per variant and timing, one list of forward times per round
+    times: dict[str, dict[str, list[list[float]]]] = {n: {t: [] for t in TIMINGS} for n in cases}
     for r in range(rounds):
         say(f"cost  round {r + 1}/{rounds}: {repeats} forwards each")
         for name, case in cases.items():
             for t, fn in case.forwards.items():
                 with torch.no_grad():
-                    got = timed_ms(fn, repeats, case.sync)
-                times[name][t] += got
-                medians[name][t].append(round(statistics.median(got), 3))
+                    times[name][t].append(timed_ms(fn, repeats, case.sync))
     costs = {}
     for name, case in cases.items():
         costs[name] = dict(case.row)
-        for t in TIMINGS:
-            costs[name][t] = round(statistics.median(times[name][t]), 3)
-            costs[name][f"{t}_rounds"] = medians[name][t]
+        for t, per_round in times[name].items():
+            costs[name][t] = round(statistics.median(sum(per_round, [])), 3)
+            costs[name][f"{t}_rounds"] = [round(statistics.median(x), 3) for x in per_round]
     return costs
 
 

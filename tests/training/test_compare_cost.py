@@ -15,44 +15,36 @@ EXPERIMENT = Path(__file__).resolve().parent / "compare_tiny.yaml"
 REPEATS = 2  # timed forwards per timing and round
 
 
-class FakeClock:
-    """perf_counter for compare_cost: advances only when a fake forward runs."""
+class FakeTiming:
+    """perf_counter for compare_cost that advances only when a fake forward runs, by that
+    variant's duration in the current round (followed through measure_costs' round messages)."""
 
-    def __init__(self):
-        self.now = 0.0
+    def __init__(self, ms: dict[str, list[float]]):
+        self.ms, self.now, self.round, self.calls = ms, 0.0, -1, []
 
     def __call__(self) -> float:
         return self.now
 
+    def say(self, line: str) -> None:
+        self.round += line.startswith("cost  round ")
 
-def fake_cases(clock: FakeClock, calls: list, ms: dict):
-    """build_cost_case stand-in: each forward logs (variant, timing) and takes ms[variant]
-    milliseconds in the current round (a list, one duration per round)."""
-    def build(cfg, device):
-        name = cfg
-        counts = {"n": 0}
-
-        def forward(timing):
+    def build_case(self, name: str, device: str) -> compare_cost.CostCase:
+        """build_cost_case stand-in (the experiment's configs are variant names here)."""
+        def forward(timing: str):
             def run():
-                calls.append((name, timing))
-                per_call = 1 + REPEATS  # warm-up + timed calls per timing per round
-                round_ = counts["n"] // (per_call * len(compare_cost.TIMINGS))
-                counts["n"] += 1
-                clock.now += ms[name][round_] / 1e3
+                self.calls.append((name, timing))
+                self.now += self.ms[name][self.round] / 1e3
             return run
-        forwards = {t: forward(t) for t in compare_cost.TIMINGS}
         return compare_cost.CostCase({"params": 7, "encoder_params": 3, "deployed_params": 7},
-                                     forwards, lambda: None)
-    return build
-
+                                     {t: forward(t) for t in compare_cost.TIMINGS}, lambda: None)
 
 
 def test_variants_are_timed_in_interleaved_rounds(monkeypatch):
-    clock, calls = FakeClock(), []
-    ms = {"a": [10.0, 30.0], "b": [20.0, 20.0]}
-    monkeypatch.setattr(compare_cost.time, "perf_counter", clock)
-    monkeypatch.setattr(compare_cost, "build_cost_case", fake_cases(clock, calls, ms))
-    costs = compare_cost.measure_costs({"a": "a", "b": "b"}, REPEATS, 2, "cpu", say=print)
+    fake = FakeTiming({"a": [10.0, 30.0], "b": [20.0, 20.0]})
+    monkeypatch.setattr(compare_cost.time, "perf_counter", fake)
+    monkeypatch.setattr(compare_cost, "build_cost_case", fake.build_case)
+    costs = compare_cost.measure_costs({"a": "a", "b": "b"}, REPEATS, 2, "cpu", say=fake.say)
+    calls = fake.calls
 
     per_variant_round = (1 + REPEATS) * len(compare_cost.TIMINGS)
     order = [v for i, (v, _) in enumerate(calls) if i % per_variant_round == 0]
